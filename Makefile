@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install from setup.cfg.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= test
+DEMO   ?= runs/demo
+SEED   ?= 0
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install test test-fast demo bench clean
+
+$(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: install
+	$(PY) -m data_prep.make_synthetic_cohort --out $(DEMO)/cohort --preset demo --seed $(SEED)
+	$(PY) -m data_prep.convert --manifest $(DEMO)/cohort/manifest.csv --out $(DEMO)/tfrecords --preset demo --seed $(SEED) --workers 2 || [ $$? -eq 1 ]
+	$(PY) -m eval.table2 --data $(DEMO)/tfrecords --workdir $(DEMO)/study --preset demo --seed $(SEED)
+
+bench: install
+	$(PY) bench/bench_convert.py
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_train.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
