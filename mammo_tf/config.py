@@ -1,0 +1,278 @@
+"""Frozen experiment configuration and the named presets `tiny`, `demo` and `paper`.
+
+The library receives an `ExperimentConfig`; it never reads flags. Entry points build one with
+`get_config(preset, overrides)` where overrides are ``"section.field=value"`` strings (or a mapping),
+write it to the work directory with `to_json`, and pass it down.
+
+Geometry conventions (paper §2.2): images are stored at ``1/data.downsample`` of the original
+resolution (2x2 mean = the paper's 1024 -> 512 bilinear downsample). A patch is a
+``data.patch_size`` window of the *stored* image, i.e. a ``patch_size * downsample`` window of the
+original image. Translations are given in original-resolution pixels as in the paper.
+
+Presets (the command, expected runtime and outcome, as big_vision configs do):
+
+* ``tiny``  – unit and end-to-end tests. 64 px patches, narrow network, a few dozen images.
+  ``python -m eval.table2 --preset tiny ...`` runs in a few minutes on 2 CPU cores.
+* ``demo``  – ``make demo``: the synthetic cohort, the whole Table 2 in under 20 minutes on 2 cores.
+* ``paper`` – the paper's settings: 512 px patches from 1024 px windows, 40000-sample epochs, 100
+  epochs, Adam lr 5e-5 with weight decay 5e-4 (FFDM) and 1e-4 (fine-tuning and SpotTune).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from typing import Any, Mapping, Sequence
+
+LABELS = ("normal", "benign", "high_risk", "malignant")
+POSITIVE_LABELS = ("high_risk", "malignant")
+DOMAINS = ("ffdm", "dbt")
+SPLITS = ("train", "val", "test")
+MAX_INTENSITY = 4095  # 12-bit scale of the paper's Fig. 2
+NUM_LEVELS = MAX_INTENSITY + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+  """Synthetic cohort geometry and composition (see mammo_tf/synthetic)."""
+  num_patients: int = 24
+  ffdm_shape: tuple[int, int] = (256, 208)   # original-resolution rows, cols
+  dbt_shape: tuple[int, int] = (256, 208)    # MIP plane rows, cols
+  dbt_slices: int = 8
+  dbt_projections: int = 9
+  dbt_angle_deg: float = 15.0                # total arc (+-7.5 deg)
+  dbt_share: float = 0.5                     # fraction of patients who also have DBT
+  dbt_only_share: float = 0.0                # fraction of patients with DBT but no FFDM
+  per_slice_share: float = 0.25              # DBT studies written as one file per slice
+  monochrome1_share: float = 0.25
+  # Class proportions per exam (normal, benign, high_risk, malignant); enriched by default.
+  class_probs: tuple[float, float, float, float] = (0.35, 0.2, 0.15, 0.3)
+  lesion_scale: float = 1.0                  # multiplies every lesion size
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Ingest, patch geometry, augmentation and sampling (paper §2.1-2.3, §2.4.1)."""
+  downsample: int = 2                         # stored image = original / downsample
+  patch_size: int = 512                       # patch side in stored pixels (paper: 512)
+  mask_downsample: int = 8                    # breast mask stored at stored / mask_downsample
+  image_codec: str = "png"                    # png (PNG-16) | raw (uint16 bytes)
+  num_shards: int = 16                        # shards per (domain, split, class)
+  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+  cdf_samples_ffdm: int = 1200
+  cdf_samples_dbt: int = 600
+  canonical_laterality: str = ""              # "" keeps images as acquired; "L" or "R" flips to it
+  apply_voi_lut: bool = False
+  # Augmentation (paper §2.3).
+  hflip: bool = True
+  vflip: bool = True
+  noise_std: float = 1.0                      # 12-bit units
+  translate_std: float = 20.0                 # original-resolution pixels
+  rotation_deg: float = 30.0                  # U(-rotation_deg, rotation_deg)
+  # Sampling.
+  batch_size: int = 32
+  samples_per_epoch: int = 40000
+  eval_batch_size: int = 64
+  reuse: int = 1                              # patches cut from one decoded image (1 = paper)
+  shuffle_buffer: int = 256
+  eval_seeds: tuple[int, ...] = (0, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """SpotTune-style ResNet-26 with 1x1 projections: 29 weight layers (DESIGN §6)."""
+  stem_filters: int = 32
+  stage_filters: tuple[int, ...] = (64, 128, 256)
+  blocks_per_stage: int = 4
+  stem_stride: int = 2
+  stem_pool: bool = True
+  bn_momentum: float = 0.9                    # = PyTorch momentum 0.1
+  bn_epsilon: float = 1e-5
+  # SpotTune policy network: a ResNet-8 (one block per stage) on a downsampled patch.
+  policy_stem_filters: int = 32
+  policy_stage_filters: tuple[int, ...] = (64, 128, 256)
+  policy_downsample: int = 4
+  gumbel_tau: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation (paper §2.3, §2.4.2-2.4.3)."""
+  epochs: int = 100
+  learning_rate: float = 5e-5
+  weight_decay: float = 5e-4
+  decoupled_weight_decay: bool = False        # False: coupled L2 (Adam + L2); True: AdamW
+  early_stopping_patience: int = 0            # 0 = off
+  finetune_epochs: int = 100
+  finetune_learning_rate: float = 5e-5
+  finetune_weight_decay: float = 1e-4
+  spottune_epochs: int = 100
+  spottune_learning_rate: float = 5e-5
+  spottune_weight_decay: float = 1e-4
+  policy_learning_rate: float = 0.0           # 0 = same as spottune_learning_rate
+  frozen_bn: str = "frozen"                   # frozen | live (SpotTune code: live)
+  train_stem: bool = False                    # SpotTune code quirk: stem conv trainable
+  policy_eval: str = "argmax"                 # argmax | sample
+  mixed_precision: bool = False
+  xla: bool = False
+  strategy: str = "auto"                      # auto | default | mirrored | multi_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  name: str = "paper"
+  seed: int = 0
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  train: TrainConfig = TrainConfig()
+  synthetic: SyntheticConfig = SyntheticConfig()
+
+  @property
+  def input_size(self) -> int:
+    """Network input side in pixels (the stored-resolution patch)."""
+    return self.data.patch_size
+
+
+def _paper() -> ExperimentConfig:
+  return ExperimentConfig(
+      name="paper",
+      synthetic=SyntheticConfig(
+          num_patients=400, ffdm_shape=(4096, 3328), dbt_shape=(2457, 1996),
+          dbt_slices=70, dbt_projections=15, dbt_angle_deg=15.0,
+          class_probs=(0.9, 0.05, 0.02, 0.03)))
+
+
+def _demo() -> ExperimentConfig:
+  return ExperimentConfig(
+      name="demo",
+      data=DataConfig(patch_size=96, mask_downsample=4, num_shards=4, translate_std=6.0,
+                      batch_size=32, samples_per_epoch=2048, eval_batch_size=128,
+                      shuffle_buffer=128, cdf_samples_ffdm=1200, cdf_samples_dbt=600),
+      model=ModelConfig(stem_filters=16, stage_filters=(32, 64, 128),
+                        policy_stem_filters=8, policy_stage_filters=(16, 32, 64),
+                        policy_downsample=2),
+      train=TrainConfig(epochs=6, learning_rate=1e-3, finetune_epochs=3,
+                        finetune_learning_rate=1e-3, spottune_epochs=3,
+                        spottune_learning_rate=3e-4),
+      synthetic=SyntheticConfig(
+          num_patients=120, ffdm_shape=(512, 416), dbt_shape=(512, 416),
+          dbt_slices=12, dbt_projections=9, dbt_share=0.5))
+
+
+def _tiny() -> ExperimentConfig:
+  return ExperimentConfig(
+      name="tiny",
+      data=DataConfig(patch_size=64, mask_downsample=4, num_shards=2, translate_std=4.0,
+                      batch_size=8, samples_per_epoch=32, eval_batch_size=32,
+                      shuffle_buffer=16, cdf_samples_ffdm=40, cdf_samples_dbt=20),
+      model=ModelConfig(stem_filters=8, stage_filters=(8, 16, 32),
+                        policy_stem_filters=4, policy_stage_filters=(4, 8, 8),
+                        policy_downsample=2),
+      train=TrainConfig(epochs=2, learning_rate=1e-3, finetune_epochs=1,
+                        finetune_learning_rate=1e-3, spottune_epochs=1,
+                        spottune_learning_rate=1e-3),
+      synthetic=SyntheticConfig(
+          num_patients=16, ffdm_shape=(256, 208), dbt_shape=(256, 208), dbt_slices=6,
+          dbt_projections=7))
+
+
+PRESETS = {"tiny": _tiny, "demo": _demo, "paper": _paper}
+
+
+def _coerce(value: Any, current: Any) -> Any:
+  """Converts an override value (often a string from a flag) to the type of `current`."""
+  if isinstance(value, str) and not isinstance(current, str):
+    if isinstance(current, bool):
+      low = value.strip().lower()
+      if low not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected a boolean, got {value!r}")
+      return low in ("true", "1")
+    value = ast.literal_eval(value)
+  if isinstance(current, bool):
+    return bool(value)
+  if isinstance(current, int):
+    if isinstance(value, float) and not value.is_integer():
+      raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+  if isinstance(current, float):
+    return float(value)
+  if isinstance(current, tuple):
+    if not isinstance(value, (list, tuple)):
+      value = (value,)
+    if current:
+      return tuple(_coerce(v, current[0]) for v in value)
+    return tuple(value)
+  return value
+
+
+def override(cfg: Any, overrides: Mapping[str, Any] | Sequence[str] | None) -> Any:
+  """Returns `cfg` with dotted-path overrides applied, e.g. ``{"train.epochs": 3}``.
+
+  Accepts ``"a.b=value"`` strings as well. Unknown keys raise ``KeyError`` naming the key.
+  """
+  if not overrides:
+    return cfg
+  if not isinstance(overrides, Mapping):
+    pairs = {}
+    for item in overrides:
+      if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form section.field=value")
+      key, value = item.split("=", 1)
+      pairs[key.strip()] = value.strip()
+    overrides = pairs
+  for key, value in overrides.items():
+    cfg = _set_path(cfg, key.split("."), value, key)
+  return cfg
+
+
+def _set_path(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+  names = {f.name for f in dataclasses.fields(obj)}
+  head = path[0]
+  if head not in names:
+    raise KeyError(f"unknown config key {full_key!r} (no field {head!r} in "
+                   f"{type(obj).__name__}; fields: {sorted(names)})")
+  current = getattr(obj, head)
+  if len(path) == 1:
+    if dataclasses.is_dataclass(current):
+      raise KeyError(f"config key {full_key!r} names a section, not a field")
+    return dataclasses.replace(obj, **{head: _coerce(value, current)})
+  if not dataclasses.is_dataclass(current):
+    raise KeyError(f"config key {full_key!r}: {head!r} is not a section")
+  return dataclasses.replace(obj, **{head: _set_path(current, path[1:], value, full_key)})
+
+
+def get_config(preset: str = "paper",
+               overrides: Mapping[str, Any] | Sequence[str] | None = None) -> ExperimentConfig:
+  """Returns the named preset with overrides applied."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+  return override(PRESETS[preset](), overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+  return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Any) -> str:
+  return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(d: Mapping[str, Any], cls: type = ExperimentConfig) -> Any:
+  """Inverse of `to_dict` (lists become tuples again)."""
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in d:
+      continue
+    value = d[f.name]
+    default = getattr(cls(), f.name)
+    if dataclasses.is_dataclass(default):
+      value = from_dict(value, type(default))
+    elif isinstance(default, tuple):
+      value = tuple(value)
+    kwargs[f.name] = value
+  return cls(**kwargs)
+
+
+def from_json(text: str) -> ExperimentConfig:
+  return from_dict(json.loads(text))
