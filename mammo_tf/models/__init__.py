@@ -1,0 +1,1 @@
+"""Keras models: preprocessing layers, the ResNet patch classifier and SpotTune."""
