@@ -129,13 +129,18 @@ def make_train_dataset(data_dir: str, domain: str, split: str, cfg, seed: int, *
   return ds.prefetch(AUTOTUNE).with_options(options)
 
 
+def eval_seed(seed: int, image_id) -> tf.Tensor:
+  """Stateless seed of an image's evaluation patch: a function of (seed, image_id) only."""
+  key = tf.strings.to_hash_bucket_fast(tf.convert_to_tensor(image_id, tf.string), 2 ** 62)
+  return augment.example_seed(seed, key)
+
+
 def _eval_patch(cfg, seed, hm):
   data_cfg = cfg.data
 
   def fn(serialized):
     ex = schema.decode_example(serialized)
-    key = tf.strings.to_hash_bucket_fast(ex["image_id"], 2 ** 62)
-    s = augment.example_seed(seed, key)
+    s = eval_seed(seed, ex["image_id"])
     patch = augment.make_patch(ex["image"], ex["mask"], ex["mask_downsample"], ex["box"],
                                ex["has_box"], s, data_cfg, train=False, hm=hm)
     return {"patch": patch, "label": tf.cast(ex["label"], tf.float32),
