@@ -1,0 +1,262 @@
+"""Patch-level evaluation of a model over patch-extraction seeds (paper §3).
+
+For every seed the evaluation pipeline cuts one patch per test image (finding centre when
+annotated, else a seeded in-breast pixel); the model scores them; the ROC AUC is computed per
+seed, then the mean and standard deviation over seeds (the paper's error estimate) and a
+patient-level bootstrap interval of the seed-averaged AUC.
+
+A model is either a `.keras` file (the classifier or the SpotTune model; mammo_tf's layers are
+registered on import) or an exported SavedModel directory (`serving_default(patch uint16)
+-> {"probability"}`), wrapped as a `Predictor`: float32 patches ``[B, P, P, 1]`` in 12-bit
+units -> probabilities ``[B]``.
+
+Result dictionaries (JSON-ready, see `summarize`) are what the CLI writes and what the Table 2
+study caches per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mammo_tf.evaluation import metrics
+
+# Modules whose import registers mammo_tf's Keras custom objects.
+_CUSTOM_OBJECT_MODULES = ("mammo_tf.models.preprocessing", "mammo_tf.models.resnet",
+                          "mammo_tf.models.spottune")
+PROBABILITY_KEY = "probability"
+
+
+def register_custom_objects() -> None:
+  """Imports the model modules so that `keras.models.load_model` knows mammo_tf's layers."""
+  for name in _CUSTOM_OBJECT_MODULES:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:  # a module not written yet: only that one may be missing
+      if e.name != name:
+        raise
+
+
+def _to_probability(outputs: Any) -> np.ndarray:
+  """Model outputs (array, dict or tuple whose first entry is the probability) -> float64 [B]."""
+  if isinstance(outputs, Mapping):
+    outputs = outputs[PROBABILITY_KEY] if PROBABILITY_KEY in outputs else next(
+        iter(outputs.values()))
+  elif isinstance(outputs, (list, tuple)):
+    outputs = outputs[0]
+  return np.asarray(outputs, np.float64).reshape(-1)
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A loaded model as a function of a float32 patch batch ``[B, P, P, 1]`` -> ``[B]``."""
+  predict: Callable[[np.ndarray], np.ndarray]
+  kind: str                  # "keras" | "saved_model"
+  input_size: int | None     # patch side the model expects, when fixed
+  path: str
+  model: Any = None          # the keras.Model (kind "keras")
+
+  def __call__(self, patches: np.ndarray) -> np.ndarray:
+    return self.predict(patches)
+
+
+def _input_size(model: Any) -> int | None:
+  size = getattr(model, "input_size", None)   # SpotTuneModel keeps it as an attribute
+  if isinstance(size, int):
+    return size
+  try:
+    shape = model.inputs[0].shape
+    return int(shape[1]) if shape[1] is not None else None
+  except (AttributeError, IndexError, TypeError):
+    return None
+
+
+def load_predictor(path: str) -> Predictor:
+  """Loads a `.keras` model or a SavedModel directory as a `Predictor`.
+
+  Raises:
+    FileNotFoundError / ValueError naming `path` when it is neither.
+  """
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+      raise ValueError(f"{path}: a directory without saved_model.pb is not a SavedModel")
+    return _load_saved_model(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such model file")
+  if not path.endswith(".keras"):
+    raise ValueError(f"{path}: expected a .keras file or a SavedModel directory")
+  import keras  # pylint: disable=g-import-not-at-top
+  register_custom_objects()
+  model = keras.models.load_model(path, compile=False)
+
+  def predict(patches: np.ndarray) -> np.ndarray:
+    return _to_probability(model.predict_on_batch(np.asarray(patches, np.float32)))
+
+  return Predictor(predict, "keras", _input_size(model), path, model)
+
+
+def _load_saved_model(path: str) -> Predictor:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  register_custom_objects()
+  loaded = tf.saved_model.load(path)
+  fn = loaded.signatures["serving_default"]
+  spec = fn.structured_input_signature[1]
+  name, tensor_spec = next(iter(spec.items()))
+  dtype = tensor_spec.dtype
+  size = tensor_spec.shape[1]
+
+  def predict(patches: np.ndarray) -> np.ndarray:
+    x = np.asarray(patches, np.float32)
+    if dtype.is_integer:
+      x = np.clip(np.rint(x), 0, 4095).astype(dtype.as_numpy_dtype)
+    return _to_probability({k: v.numpy() for k, v in fn(**{name: tf.constant(x)}).items()})
+
+  predictor = Predictor(predict, "saved_model", int(size) if size is not None else None, path)
+  predictor.model = loaded  # keep the loaded object (and its variables) alive
+  return predictor
+
+
+@dataclasses.dataclass
+class Predictions:
+  """Scores of one patch per image, sorted by image id."""
+  scores: np.ndarray        # float64 [N]
+  labels: np.ndarray        # int64 [N] binary
+  label_class: np.ndarray   # int64 [N] index into config.LABELS
+  image_id: np.ndarray      # str [N] (hashed ids)
+  patient: np.ndarray       # str [N] (hashed ids)
+
+
+def _text(values) -> np.ndarray:
+  return np.array([v.decode() if isinstance(v, bytes) else str(v)
+                   for v in np.asarray(values).reshape(-1)])
+
+
+def predict_batches(predictor: Callable[[np.ndarray], np.ndarray],
+                    batches: Iterable[Mapping[str, Any]]) -> Predictions:
+  """Runs `predictor` over batched dicts ``{"patch", "label", "label_class", "image_id",
+  "patient"}`` (e.g. `make_eval_dataset(...).as_numpy_iterator()`)."""
+  parts: dict[str, list] = {k: [] for k in ("scores", "labels", "label_class", "image_id",
+                                            "patient")}
+  for batch in batches:
+    parts["scores"].append(np.asarray(predictor(np.asarray(batch["patch"])), np.float64))
+    parts["labels"].append(np.asarray(batch["label"]).reshape(-1).astype(np.int64))
+    parts["label_class"].append(np.asarray(batch["label_class"]).reshape(-1).astype(np.int64))
+    parts["image_id"].append(_text(batch["image_id"]))
+    parts["patient"].append(_text(batch["patient"]))
+  if not parts["scores"]:
+    raise ValueError("the evaluation dataset is empty")
+  cat = {k: np.concatenate(v) for k, v in parts.items()}
+  if cat["scores"].shape != cat["labels"].shape:
+    raise ValueError(f"model returned {cat['scores'].shape[0]} scores for "
+                     f"{cat['labels'].shape[0]} patches")
+  order = np.argsort(cat["image_id"], kind="mergesort")
+  return Predictions(**{k: v[order] for k, v in cat.items()})
+
+
+def summarize(per_seed: Mapping[int, Predictions], *, bootstrap_resamples: int = 1000,
+              bootstrap_seed: int = 0, level: float = 0.95,
+              max_roc_points: int = 512) -> dict[str, Any]:
+  """AUC per seed, mean ± std, patient-level bootstrap interval and ROC points (JSON-ready).
+
+  Keys: ``seeds``, ``aucs``, ``mean``, ``std`` (population, ``np.std(ddof=0)``), ``std_ddof``
+  (0), ``std_sample`` (``ddof=1``), ``ci`` {low, high, level, num_resamples, num_valid, seed},
+  ``n_images``, ``n_patients``, ``n_positive``, ``n_negative``, ``roc`` {seed: {fpr, tpr}}.
+  """
+  seeds = sorted(per_seed)
+  if not seeds:
+    raise ValueError("summarize needs at least one seed")
+  first = per_seed[seeds[0]]
+  for s in seeds[1:]:
+    if not np.array_equal(per_seed[s].image_id, first.image_id):
+      raise ValueError(f"seed {s} scored a different set of images than seed {seeds[0]}")
+  aucs = [metrics.roc_auc(per_seed[s].labels, per_seed[s].scores) for s in seeds]
+  mean, std = metrics.mean_std(aucs, ddof=0)
+  _, std_sample = metrics.mean_std(aucs, ddof=1)
+  ci = metrics.patient_bootstrap_ci(
+      first.labels, np.stack([per_seed[s].scores for s in seeds]), first.patient,
+      num_resamples=bootstrap_resamples, level=level, seed=bootstrap_seed)
+  roc = {}
+  for s in seeds:
+    fpr, tpr, _ = metrics.roc_curve(per_seed[s].labels, per_seed[s].scores)
+    if fpr.size > max_roc_points:  # thin long curves for the JSON; keep both ends
+      keep = np.unique(np.linspace(0, fpr.size - 1, max_roc_points).round().astype(int))
+      fpr, tpr = fpr[keep], tpr[keep]
+    roc[str(s)] = {"fpr": [round(float(v), 6) for v in fpr],
+                   "tpr": [round(float(v), 6) for v in tpr]}
+  return {
+      "seeds": [int(s) for s in seeds],
+      "aucs": [float(a) for a in aucs],
+      "mean": mean,
+      "std": std,
+      "std_ddof": 0,
+      "std_sample": std_sample,
+      "ci": dataclasses.asdict(ci),
+      "n_images": int(first.labels.size),
+      "n_patients": int(np.unique(first.patient).size),
+      "n_positive": int(first.labels.sum()),
+      "n_negative": int((first.labels == 0).sum()),
+      "roc": roc,
+  }
+
+
+def evaluate_seeds(predictor: Callable[[np.ndarray], np.ndarray], data_dir: str, domain: str,
+                   cfg, seeds: Sequence[int], *, split: str = "test",
+                   hm_lut: np.ndarray | None = None, bootstrap_resamples: int = 1000,
+                   bootstrap_seed: int = 0, log: Callable[[str], None] | None = None
+                   ) -> dict[str, Any]:
+  """Evaluates `predictor` on `domain`/`split` of `data_dir` for each seed; see `summarize`.
+
+  `hm_lut` (a 4096-entry table, e.g. `cdf.lut_from_files(cdf_dbt, cdf_ffdm)`) histogram-matches
+  the patches in the pipeline. Do not pass it for a SavedModel that already carries its HM layer.
+  """
+  from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  per_seed = {}
+  for seed in seeds:
+    ds = pipeline.make_eval_dataset(data_dir, domain, split, cfg, int(seed), hm_lut=hm_lut)
+    per_seed[int(seed)] = predict_batches(predictor, ds.as_numpy_iterator())
+    if log:
+      auc = metrics.roc_auc(per_seed[int(seed)].labels, per_seed[int(seed)].scores)
+      log(f"{domain}/{split}{' +HM' if hm_lut is not None else ''} seed {seed}: "
+          f"{per_seed[int(seed)].labels.size} patches, AUC {auc:.4f}")
+  result = summarize(per_seed, bootstrap_resamples=bootstrap_resamples,
+                     bootstrap_seed=bootstrap_seed)
+  result.update(domain=domain, split=split, hm=hm_lut is not None)
+  return result
+
+
+def plot_roc_curves(curves: Sequence[tuple[str, Mapping[str, Any]]], path: str,
+                    title: str = "ROC") -> str:
+  """Writes a PNG of ROC curves: one panel line per (name, result) and per seed.
+
+  Each result is a `summarize` dict; the legend shows mean ± std AUC.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=100)
+  try:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, result) in enumerate(curves):
+      colour = colours[i % len(colours)]
+      for j, (seed, pts) in enumerate(sorted(result["roc"].items())):
+        label = (f"{name}: {result['mean']:.3f} ± {result['std']:.3f}" if j == 0 else None)
+        ax.plot(pts["fpr"], pts["tpr"], color=colour, alpha=0.8, lw=1.2, label=label,
+                drawstyle="default")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+  finally:
+    plt.close(fig)
+  return path

@@ -1,0 +1,440 @@
+"""The study of paper §3: five trainings, the seven rows of Table 2, figures and the report.
+
+Work directory layout (everything is resumable; a rerun reuses what is complete)::
+
+  W/study_config.json          the experiment config of the study (a rerun must match it)
+  W/base/ W/finetune/ W/finetune_hm/ W/spottune/ W/spottune_hm/
+                               training work dirs; complete when their done.json exists
+  W/eval/<row>.json            per-row evaluation (per-seed AUCs, mean, std, CI, ROC points),
+                               reused when the model's done.json and the seeds are unchanged
+  W/figures/*.png              sample patches (Fig. 1), cumulative histograms (Fig. 2),
+                               SpotTune policies (Fig. 3), ROC curves per row and overall
+  W/results.json, W/report.md, W/report.html
+
+Rows (paper Table 2; test split, seeds ``cfg.data.eval_seeds``):
+
+  ===============  ==========  ===========  ==================  ==============  ====
+  key              train data  test data    procedure           model           HM
+  ===============  ==========  ===========  ==================  ==============  ====
+  ffdm_scratch     FFDM        FFDM         Train from scratch  base            no
+  mip_test_only    FFDM        MIP          Test only           base            no
+  mip_finetune     FFDM        MIP          Fine-tune           finetune        no
+  mip_spottune     FFDM        MIP          SpotTune            spottune        no
+  hm_test_only     FFDM        MIP with HM  Test only           base            yes
+  hm_finetune      FFDM        MIP with HM  Fine-tune           finetune_hm     yes
+  hm_spottune      FFDM        MIP with HM  SpotTune            spottune_hm     yes
+  ===============  ==========  ===========  ==================  ==============  ====
+
+HM rows histogram-match the MIP test patches with the table ``cdf_dbt -> cdf_ffdm`` (Algorithm 1)
+in the evaluation pipeline, as the HM trainings do in theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+from mammo_tf import config as config_lib
+from mammo_tf.evaluation import evaluate as evaluate_lib
+
+RUNS = ("base", "finetune", "finetune_hm", "spottune", "spottune_hm")
+DONE_FILE = "done.json"
+MODEL_FILE = "best.keras"
+FIGURES_DIR = "figures"
+EVAL_DIR = "eval"
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of Table 2."""
+  key: str
+  train_data: str
+  test_data: str
+  procedure: str
+  run: str
+  domain: str
+  hm: bool
+  paper_mean: float
+  paper_std: float
+
+  @property
+  def label(self) -> str:
+    return f"{self.train_data} -> {self.test_data}, {self.procedure}"
+
+
+ROWS = (
+    Row("ffdm_scratch", "FFDM", "FFDM", "Train from scratch", "base", "ffdm", False, 0.909, 0.001),
+    Row("mip_test_only", "FFDM", "MIP", "Test only", "base", "dbt", False, 0.751, 0.001),
+    Row("mip_finetune", "FFDM", "MIP", "Fine-tune", "finetune", "dbt", False, 0.759, 0.003),
+    Row("mip_spottune", "FFDM", "MIP", "SpotTune", "spottune", "dbt", False, 0.825, 0.002),
+    Row("hm_test_only", "FFDM", "MIP with HM", "Test only", "base", "dbt", True, 0.847, 0.001),
+    Row("hm_finetune", "FFDM", "MIP with HM", "Fine-tune", "finetune_hm", "dbt", True,
+        0.837, 0.001),
+    Row("hm_spottune", "FFDM", "MIP with HM", "SpotTune", "spottune_hm", "dbt", True,
+        0.830, 0.002),
+)
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON through a temp file + rename, so a crash never leaves a half-written file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_dir(workdir: str, run: str) -> str:
+  return os.path.join(workdir, run)
+
+
+def is_done(directory: str) -> bool:
+  """A training work dir is complete when its done.json (written last) exists."""
+  return os.path.exists(os.path.join(directory, DONE_FILE))
+
+
+def model_stamp(directory: str) -> str:
+  """Identifies a completed training: a hash of its done.json (changes when it is retrained)."""
+  with open(os.path.join(directory, DONE_FILE), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def git_commit(path: str | None = None) -> str:
+  """The commit of the repository holding this code ("" when not a git checkout)."""
+  where = path or os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, timeout=10, check=True)
+    dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10, check=True)
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = ""
+                        ) -> list[str]:
+  out = []
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key), b.get(key)
+    if isinstance(va, Mapping) and isinstance(vb, Mapping):
+      out.extend(_config_differences(va, vb, f"{prefix}{key}."))
+    elif va != vb:
+      out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+  return out
+
+
+def check_study_config(cfg: config_lib.ExperimentConfig, workdir: str) -> None:
+  """Writes W/study_config.json, or checks that a resumed study uses the same config."""
+  path = os.path.join(workdir, "study_config.json")
+  current = json.loads(config_lib.to_json(cfg))
+  if os.path.exists(path):
+    diffs = _config_differences(read_json(path), current)
+    if diffs:
+      raise ValueError(
+          f"{workdir} holds a study with a different config ({'; '.join(diffs[:8])}); "
+          "use a new --workdir or the same preset and overrides")
+    return
+  write_json_atomic(path, current)
+
+
+# -- trainings ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Trainers:
+  """The three training functions (mammo_tf.training's by default)."""
+  train_base: Callable[..., Any]
+  finetune: Callable[..., Any]
+  train_spottune: Callable[..., Any]
+
+
+def default_trainers() -> Trainers:
+  from mammo_tf import training  # pylint: disable=g-import-not-at-top
+  return Trainers(training.train_base, training.finetune, training.train_spottune)
+
+
+def base_model_path(workdir: str) -> str:
+  return os.path.join(run_dir(workdir, "base"), MODEL_FILE)
+
+
+def ensure_trainings(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
+                     trainers: Trainers, runs: Sequence[str] = RUNS) -> list[str]:
+  """Runs every training in `runs` whose work dir has no done.json; returns those it ran."""
+  ran = []
+  base = base_model_path(workdir)
+  for run in runs:
+    directory = run_dir(workdir, run)
+    if is_done(directory):
+      logging.info("training %-12s complete, reused (%s)", run, directory)
+      continue
+    logging.info("training %-12s starting in %s", run, directory)
+    if run == "base":
+      trainers.train_base(cfg, data_dir, directory)
+    else:
+      if not is_done(run_dir(workdir, "base")):
+        raise RuntimeError(f"{run} needs the base model, but {run_dir(workdir, 'base')} is "
+                           "not complete")
+      hm = run.endswith("_hm")
+      if run.startswith("finetune"):
+        trainers.finetune(cfg, data_dir, base, directory, hm)
+      else:
+        trainers.train_spottune(cfg, data_dir, base, directory, hm)
+    if not is_done(directory):
+      raise RuntimeError(f"training {run} returned without writing {DONE_FILE} in {directory}")
+    logging.info("training %-12s done", run)
+    ran.append(run)
+  return ran
+
+
+def training_summary(workdir: str) -> dict[str, Any]:
+  """done.json of each complete training (best epoch, validation AUC, ...)."""
+  out = {}
+  for run in RUNS:
+    path = os.path.join(run_dir(workdir, run), DONE_FILE)
+    if os.path.exists(path):
+      try:
+        out[run] = read_json(path)
+      except (OSError, ValueError):
+        out[run] = {}
+  return out
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+def eval_cache_path(workdir: str, row: Row) -> str:
+  return os.path.join(workdir, EVAL_DIR, f"{row.key}.json")
+
+
+def _cache_key(row: Row, stamp: str, seeds: Sequence[int], split: str,
+               bootstrap_resamples: int) -> dict[str, Any]:
+  return {"version": CACHE_VERSION, "row": row.key, "model_stamp": stamp,
+          "seeds": [int(s) for s in seeds], "split": split, "domain": row.domain,
+          "hm": row.hm, "bootstrap_resamples": int(bootstrap_resamples)}
+
+
+def cached_row(workdir: str, row: Row, key: Mapping[str, Any]) -> dict[str, Any] | None:
+  path = eval_cache_path(workdir, row)
+  if not os.path.exists(path):
+    return None
+  try:
+    cached = read_json(path)
+  except (OSError, ValueError):
+    return None
+  return cached if cached.get("cache_key") == dict(key) else None
+
+
+def evaluate_rows(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
+                  rows: Sequence[Row] = ROWS, split: str = "test",
+                  bootstrap_resamples: int = 1000) -> tuple[dict[str, dict], list[str]]:
+  """Evaluates (or reuses the cached evaluation of) every row. Returns (results, evaluated)."""
+  seeds = tuple(int(s) for s in cfg.data.eval_seeds)
+  results, evaluated = {}, []
+  predictors: dict[str, evaluate_lib.Predictor] = {}
+  hm_lut = None
+  for i, row in enumerate(rows):
+    directory = run_dir(workdir, row.run)
+    key = _cache_key(row, model_stamp(directory), seeds, split, bootstrap_resamples)
+    cached = cached_row(workdir, row, key)
+    if cached is not None:
+      logging.info("row %d/%d %-14s cached: AUC %.4f ± %.4f", i + 1, len(rows), row.key,
+                   cached["mean"], cached["std"])
+      results[row.key] = cached
+      continue
+    logging.info("row %d/%d %-14s evaluating %s on %s/%s%s, seeds %s", i + 1, len(rows),
+                 row.key, row.run, row.domain, split, " +HM" if row.hm else "", list(seeds))
+    if row.run not in predictors:
+      predictors[row.run] = evaluate_lib.load_predictor(os.path.join(directory, MODEL_FILE))
+    if row.hm and hm_lut is None:
+      from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+      hm_lut = pipeline.hm_lut_for(data_dir, "dbt", "ffdm")
+    result = evaluate_lib.evaluate_seeds(
+        predictors[row.run], data_dir, row.domain, cfg, seeds, split=split,
+        hm_lut=hm_lut if row.hm else None, bootstrap_resamples=bootstrap_resamples,
+        bootstrap_seed=cfg.seed, log=logging.info)
+    result["cache_key"] = key
+    write_json_atomic(eval_cache_path(workdir, row), result)
+    logging.info("row %d/%d %-14s AUC %.4f ± %.4f (95%% CI %.3f-%.3f)", i + 1, len(rows),
+                 row.key, result["mean"], result["std"], result["ci"]["low"],
+                 result["ci"]["high"])
+    results[row.key] = result
+    evaluated.append(row.key)
+  return results, evaluated
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+def _figure(workdir: str, name: str, make: Callable[[str], Any], *, force: bool = False
+            ) -> str | None:
+  """Makes figures/<name> unless it exists; returns its path relative to `workdir` or None.
+
+  A figure that fails is logged and left out of the report; it never stops the study.
+  """
+  rel = os.path.join(FIGURES_DIR, name)
+  path = os.path.join(workdir, rel)
+  if os.path.exists(path) and not force:
+    return rel
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    make(path)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("figure %s failed: %s: %s", name, type(e).__name__, e)
+    return None
+  if not os.path.exists(path):
+    logging.warning("figure %s was not written", name)
+    return None
+  logging.info("figure %s written", rel)
+  return rel
+
+
+def make_figures(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
+                 results: Mapping[str, Mapping[str, Any]], *, refresh_roc: Sequence[str] = (),
+                 rows: Sequence[Row] = ROWS) -> dict[str, str]:
+  """Writes the report's figures; returns {figure key: path relative to workdir}."""
+  figures: dict[str, str] = {}
+
+  def add(key, name, make, force=False):
+    rel = _figure(workdir, name, make, force=force)
+    if rel:
+      figures[key] = rel
+
+  for row in rows:
+    if row.key in results:
+      add(f"roc_{row.key}", f"roc_{row.key}.png",
+          lambda p, r=row: evaluate_lib.plot_roc_curves([(r.procedure, results[r.key])], p,
+                                                        title=r.label),
+          force=row.key in refresh_roc)
+  for name, keys in (("roc_mip.png", [r for r in rows if r.domain == "dbt" and not r.hm]),
+                     ("roc_hm.png", [r for r in rows if r.hm])):
+    present = [r for r in keys if r.key in results]
+    if present:
+      add(name[:-4], name,
+          lambda p, rs=present: evaluate_lib.plot_roc_curves(
+              [(r.procedure, results[r.key]) for r in rs], p,
+              title=f"FFDM model on {rs[0].test_data}"),
+          force=any(r.key in refresh_roc for r in present))
+  _data_figures(cfg, data_dir, workdir, add)
+  _policy_figures(cfg, workdir, add)
+  return figures
+
+
+def _data_figures(cfg, data_dir, workdir, add) -> None:
+  try:
+    from mammo_tf.data import figures as data_figures  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    logging.warning("data figures unavailable: %s", e)
+    return
+  add("sample_patches", "sample_patches.png",
+      lambda p: data_figures.sample_patch_grid(data_dir, cfg, p))
+  add("cumulative_histograms", "cumulative_histograms.png",
+      lambda p: data_figures.cumulative_histogram_figure(data_dir, cfg, p))
+
+
+def _policy_figures(cfg, workdir, add) -> None:
+  try:
+    from mammo_tf.training import policy  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    logging.warning("policy figures unavailable: %s", e)
+    return
+  for run in ("spottune", "spottune_hm"):
+    path = os.path.join(run_dir(workdir, run), "policy.json")
+    if os.path.exists(path):
+      add(f"policy_{run}", f"policy_{run}.png",
+          lambda p, src=path, r=run: policy.plot_policy_file(src, p, title=(
+              "SpotTune policy, MIP with HM" if r.endswith("_hm") else "SpotTune policy, MIP")))
+
+
+# -- the study ------------------------------------------------------------------------------------
+
+def row_summary(row: Row, result: Mapping[str, Any]) -> dict[str, Any]:
+  """A results.json row: the row's identity, the paper's value and our numbers (no ROC points)."""
+  out = dataclasses.asdict(row)
+  out["paper"] = {"mean": out.pop("paper_mean"), "std": out.pop("paper_std")}
+  for k in ("seeds", "aucs", "mean", "std", "std_ddof", "std_sample", "ci", "n_images",
+            "n_patients", "n_positive", "n_negative"):
+    out[k] = result[k]
+  return out
+
+
+def load_data_summary(data_dir: str) -> dict[str, Any] | None:
+  path = os.path.join(data_dir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    return read_json(path)
+  except (OSError, ValueError) as e:
+    logging.warning("cannot read %s: %s", path, e)
+    return None
+
+
+def run_study(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
+              trainers: Trainers | None = None, split: str = "test",
+              bootstrap_resamples: int = 1000) -> dict[str, Any]:
+  """Runs or resumes the whole study; writes results.json, report.md and report.html.
+
+  Returns the results dict (also in W/results.json) with ``trained_now`` and ``evaluated_now``:
+  the trainings and rows computed by this call (both empty when a finished study is rerun).
+  """
+  from mammo_tf.evaluation import report  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  check_study_config(cfg, workdir)
+  logging.info("study in %s: preset %s, seed %d, data %s", workdir, cfg.name, cfg.seed, data_dir)
+  trained = ensure_trainings(cfg, data_dir, workdir, trainers or default_trainers())
+  row_results, evaluated = evaluate_rows(cfg, data_dir, workdir, split=split,
+                                         bootstrap_resamples=bootstrap_resamples)
+  figures = make_figures(cfg, data_dir, workdir, row_results, refresh_roc=evaluated)
+  results = {
+      "preset": cfg.name,
+      "seed": cfg.seed,
+      "split": split,
+      "eval_seeds": [int(s) for s in cfg.data.eval_seeds],
+      "std": "population standard deviation over eval seeds (np.std, ddof=0); "
+             "std_sample uses ddof=1",
+      "ci": f"patient-level percentile bootstrap ({bootstrap_resamples} resamples) of the "
+            "seed-averaged AUC",
+      "commit": git_commit(),
+      "rows": [row_summary(r, row_results[r.key]) for r in ROWS],
+      "trainings": training_summary(workdir),
+      "figures": figures,
+      "trained_now": trained,
+      "evaluated_now": evaluated,
+  }
+  write_json_atomic(os.path.join(workdir, "results.json"), results)
+  report.write_report(workdir, results, load_data_summary(data_dir))
+  logging.info("study complete: %s", os.path.join(workdir, "report.html"))
+  return results
