@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= test
+EXTRAS ?= test,beam
 DEMO   ?= runs/demo
 SEED   ?= 0
 export TF_CPP_MIN_LOG_LEVEL ?= 2
