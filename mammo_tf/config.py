@@ -49,6 +49,10 @@ class SyntheticConfig:
   # Class proportions per exam (normal, benign, high_risk, malignant); enriched by default.
   class_probs: tuple[float, float, float, float] = (0.35, 0.2, 0.15, 0.3)
   lesion_scale: float = 1.0                  # multiplies every lesion size
+  prior_exam_share: float = 0.25             # patients with an earlier (normal) FFDM exam
+  benign_box_share: float = 0.5              # benign findings that carry a box
+  phantom_layers: int = 8                    # tissue slabs through the compressed thickness
+  phantom_max_side: int = 256                # tissue grid long side (texture resolution cap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +144,7 @@ def _paper() -> ExperimentConfig:
       synthetic=SyntheticConfig(
           num_patients=400, ffdm_shape=(4096, 3328), dbt_shape=(2457, 1996),
           dbt_slices=70, dbt_projections=15, dbt_angle_deg=15.0,
-          class_probs=(0.9, 0.05, 0.02, 0.03)))
+          class_probs=(0.9, 0.05, 0.02, 0.03), phantom_layers=16, phantom_max_side=512))
 
 
 def _demo() -> ExperimentConfig:
@@ -157,7 +161,8 @@ def _demo() -> ExperimentConfig:
                         spottune_learning_rate=3e-4),
       synthetic=SyntheticConfig(
           num_patients=120, ffdm_shape=(512, 416), dbt_shape=(512, 416),
-          dbt_slices=12, dbt_projections=9, dbt_share=0.5))
+          dbt_slices=12, dbt_projections=9, dbt_angle_deg=30.0, dbt_share=0.22,
+          dbt_only_share=0.03, phantom_layers=8, phantom_max_side=256))
 
 
 def _tiny() -> ExperimentConfig:
@@ -174,7 +179,7 @@ def _tiny() -> ExperimentConfig:
                         spottune_learning_rate=1e-3),
       synthetic=SyntheticConfig(
           num_patients=16, ffdm_shape=(256, 208), dbt_shape=(256, 208), dbt_slices=6,
-          dbt_projections=7))
+          dbt_projections=7, dbt_angle_deg=30.0, phantom_layers=6, phantom_max_side=128))
 
 
 PRESETS = {"tiny": _tiny, "demo": _demo, "paper": _paper}
