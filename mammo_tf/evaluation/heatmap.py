@@ -1,7 +1,8 @@
 """Whole-image inference: a malignancy heat map from a patch classifier (the paper's future work).
 
 The image is read from DICOM (`mammo_tf.io.dicom`: 12-bit, background 0; DBT as its MIP),
-reduced like the converter does (``cfg.data.downsample`` x ``downsample`` mean), optionally
+reduced exactly as the converter stores it (`mammo_tf.data.convert.block_mean`,
+``cfg.data.downsample`` x ``downsample`` block mean), optionally
 histogram-matched (MIP -> FFDM), and the patch model slides over it in batches of overlapping
 ``P x P`` windows (stride ``P / 4`` by default; the last window of a row or column is aligned
 with the image edge so that every pixel is covered). Windows that do not touch the breast are
@@ -34,21 +35,6 @@ def window_starts(length: int, patch: int, stride: int) -> np.ndarray:
   if starts[-1] != last:
     starts = np.append(starts, last)
   return starts.astype(np.int64)
-
-
-def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
-  """``factor x factor`` block mean (edge blocks average their real pixels), rounded to uint16."""
-  image = np.asarray(image)
-  if factor == 1:
-    return image.astype(np.uint16)
-  h, w = image.shape
-  hh, ww = -(-h // factor), -(-w // factor)
-  padded = np.zeros((hh * factor, ww * factor), np.float64)
-  padded[:h, :w] = image
-  sums = padded.reshape(hh, factor, ww, factor).sum(axis=(1, 3))
-  rows = np.minimum(factor, h - np.arange(hh) * factor)
-  cols = np.minimum(factor, w - np.arange(ww) * factor)
-  return np.rint(sums / (rows[:, None] * cols[None, :])).astype(np.uint16)
 
 
 @dataclasses.dataclass
@@ -173,13 +159,13 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
   pixels and ``peak_stored`` in stored pixels, shapes, patch size, stride, windows, hm. No
   identifiers from the DICOM are written.
   """
-  from mammo_tf.data import cdf, masks  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf, convert, masks  # pylint: disable=g-import-not-at-top
   from mammo_tf.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
   domain = detect_domain(dicom_path) if domain == "auto" else domain
   original, _ = dicom.read_image(dicom_path, domain, apply_voi_lut=cfg.data.apply_voi_lut)
   factor = int(cfg.data.downsample)
-  stored = downsample_mean(original, factor)
+  stored = convert.block_mean(original, factor)  # exactly as the converter stores images
   mask = masks.breast_mask(stored)
   pixels = (cdf.apply_lut(stored, hm_lut, mask) if hm_lut is not None
             else stored.astype(np.float32))

@@ -13,6 +13,7 @@ import html
 import os
 from typing import Any, Mapping, Sequence
 
+from mammo_tf import config as config_lib
 from mammo_tf.evaluation import study as study_lib
 
 
@@ -85,12 +86,47 @@ def _is_number(v: Any) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_COUNT_COLUMNS = ("patients", "exams", "images", "positive", "negative")
+
+
+def _counts_row(name: str, counts: Mapping[str, Any]) -> list[str]:
+  classes = counts.get("classes") or {}
+  return ([name] + [str(counts.get(c, "")) for c in _COUNT_COLUMNS]
+          + [str(classes.get(label, "")) for label in config_lib.LABELS])
+
+
+def table1(summary: Mapping[str, Any]) -> list[Any]:
+  """Table 1 from the converter's summary.json: counts per domain and split, per class."""
+  header = ["Domain / split"] + list(_COUNT_COLUMNS) + list(config_lib.LABELS)
+  rows = []
+  for domain, counts in summary["domains"].items():
+    name = {"ffdm": "FFDM", "dbt": "DBT (MIP)"}.get(domain, domain)
+    rows.append(_counts_row(name, counts))
+    for split, split_counts in (counts.get("splits") or {}).items():
+      rows.append(_counts_row(f"  {name} {split}", split_counts))
+  if isinstance(summary.get("total"), Mapping):
+    rows.append(_counts_row("All images", summary["total"]))
+  blocks: list[Any] = [Table(header, rows)]
+  notes = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("manifest_rows", "num_errors")
+           if k in summary]
+  if isinstance(summary.get("cdf_images"), Mapping):
+    notes.append("average c.d.f. from " + ", ".join(
+        f"{v} {k} images" for k, v in summary["cdf_images"].items()))
+  if notes:
+    blocks.append(Paragraph("Positive = high_risk or malignant. " + "; ".join(notes) + "."))
+  return blocks
+
+
 def summary_tables(summary: Mapping[str, Any]) -> list[Any]:
-  """Table 1-style blocks from the converter's summary.json, whatever its nesting.
+  """Table 1-style blocks from the converter's summary.json (`table1`), or, for another layout,
+  generic tables whatever its nesting.
 
   A mapping whose values are mappings of numbers becomes a table (rows = outer keys, columns =
   inner keys); deeper mappings get a heading per level; top-level scalars become one table.
   """
+  if isinstance(summary.get("domains"), Mapping) and all(
+      isinstance(v, Mapping) for v in summary["domains"].values()):
+    return table1(summary)
   blocks: list[Any] = []
   scalars = [(k, v) for k, v in summary.items() if not isinstance(v, Mapping)
              and not isinstance(v, (list, tuple))]
