@@ -58,13 +58,12 @@ class HistogramMatching(keras.layers.Layer):
       return ops.where(idx > 0, out, ops.zeros_like(out))
     x = ops.cast(inputs, "float32")
     xc = ops.clip(x, 0.0, float(top))
-    lo = ops.floor(xc)
-    frac = xc - lo
-    i0 = ops.cast(lo, "int32")
-    i1 = ops.minimum(i0 + 1, top)
-    v0 = ops.take(lut, i0, axis=0)
-    v1 = ops.take(lut, i1, axis=0)
-    out = v0 + frac * (v1 - v0)
+    i0 = ops.cast(xc, "int32")                       # floor: xc >= 0
+    frac = xc - ops.cast(i0, "float32")
+    # One gather of (value, slope) rows instead of two gathers (measurably faster on CPU).
+    slope = ops.concatenate([lut[1:] - lut[:-1], ops.zeros((1,), "float32")], axis=0)
+    rows = ops.take(ops.stack([lut, slope], axis=1), i0, axis=0)
+    out = rows[..., 0] + frac * rows[..., 1]
     return ops.where(x > 0.0, out, ops.zeros_like(out))
 
   def compute_output_shape(self, input_shape):
