@@ -33,6 +33,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+from tensorflow.core.util import event_pb2
 
 import matplotlib
 matplotlib.use("Agg")
@@ -221,7 +222,8 @@ def read_tags(logdir: str) -> dict[str, set[str]]:
       if not name.startswith("events.out.tfevents"):
         continue
       run = os.path.relpath(root, logdir)
-      for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+      for record in tf.data.TFRecordDataset(os.path.join(root, name)):
+        event = event_pb2.Event.FromString(record.numpy())
         for value in event.summary.value:
           out.setdefault(run, set()).add(value.tag)
   return out
