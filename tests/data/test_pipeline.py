@@ -124,3 +124,21 @@ def test_missing_shards_name_the_pattern(tmp_path, data_dir):
     pipeline.make_train_dataset(data_dir, "ffdm", "test", cfg, seed=0)
   with pytest.raises(FileNotFoundError, match="nowhere"):
     pipeline.make_eval_dataset(str(tmp_path / "nowhere"), "dbt", "val", cfg, seed=0)
+
+
+def test_preview_figures(tmp_path, data_dir):
+  from mammo_tf.data import figures
+  cfg = config.get_config("tiny")
+  ffdm = cdf.load_cdf(schema.cdf_path(data_dir, "ffdm"))
+  mip = cdf.load_cdf(schema.cdf_path(data_dir, "dbt"))
+  matched = figures.matched_cdf(mip, cdf.hm_lut(mip, ffdm))
+  assert cdf.kolmogorov_distance(matched, ffdm) < 0.05 < cdf.kolmogorov_distance(mip, ffdm)
+  grid, cdf_png = figures.save_preview(data_dir, "dbt", cfg, str(tmp_path / "fig.png"), num=3)
+  assert cdf_png == str(tmp_path / "fig_cdf.png")
+  for path in (grid, cdf_png):
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  samples = figures.sample_patches(data_dir, "dbt", cfg, num=3, hm_lut=cdf.hm_lut(mip, ffdm))
+  assert samples["plain"].shape == (3, 64, 64) and set(samples) == {
+      "plain", "augmented", "plain+HM", "augmented+HM", "label"}
+  np.testing.assert_array_equal(samples["plain"] == 0, samples["plain+HM"] == 0)
