@@ -1,0 +1,546 @@
+"""DICOM/DBT manifest -> TFRecords, c.d.f.s, summary and errors (DESIGN §4, issue 2).
+
+Two layers:
+
+* `convert_image(row, split, cfg, salt) -> record`: pure, one image. Reads the FFDM or the DBT MIP
+  (`mammo_tf.io.dicom`), optionally flips it to ``cfg.data.canonical_laterality`` (box flipped too),
+  stores it at ``1/cfg.data.downsample`` by a ``factor x factor`` block mean (remainder rows/cols
+  cropped, rounded half up in integer arithmetic), computes the breast mask on the stored image and
+  keeps it at ``1/cfg.data.mask_downsample`` (majority rule), converts the finding box to stored
+  ``(ymin, xmin, ymax, xmax)`` (clipped when partly outside; an error when nothing is left), and
+  replaces ids by salted hashes. Raises `DicomError` / `ValueError` with a reason. Beam reuses it.
+
+* `run_conversion(manifest, out_dir, cfg, *, seed, workers, salt)`: the batch job.
+
+  1. Read and validate the manifest; assign patient-level splits (`manifest.assign_splits`).
+  2. Convert every image that has no cached result, in a pool of ``workers`` processes (spawned:
+     TF is not fork-safe), and cache each result under ``<out>/.cache/`` as two small files written
+     atomically: ``<key>.meta`` (status or error reason, label, split, hashed ids, the breast-pixel
+     histogram) and ``<key>.example`` (the serialized tf.train.Example). The key is a hash of the
+     row, the input file's size and mtime, the split, the relevant config fields, a fingerprint of
+     the salt and the cache version, so a changed input or setting is converted again. A kill
+     loses at most the images in flight; memory holds at most one image per worker.
+  3. Write the shards from the cache (`writer.write_all`: atomic, skipped when already complete),
+     dropping each shard's ``.example`` files once it is in place. The ``.meta`` files stay
+     (a few KB per image) so that a rerun regenerates everything without decoding again.
+  4. Per domain, average the c.d.f.s (breast pixels of the stored image, mask as stored) of a
+     class-stratified random sample of training images (`stratified_sample`) -> ``cdf_<domain>.npz``.
+  5. ``summary.json`` (Table-1 counts, no ids), ``errors.csv`` (path as written in the manifest,
+     line, reason), ``config.json`` (resolved config).
+
+Everything is a function of the inputs, the config, the seed and the salt: the output is
+byte-identical whatever the worker count and however often the job was interrupted and rerun.
+Raw identifiers (manifest ids, DICOM names, dates) never reach an output file or a log line.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+import zlib
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from absl import logging
+
+from mammo_tf import config as config_lib
+from mammo_tf.data import cdf as cdf_lib
+from mammo_tf.data import manifest as manifest_lib
+from mammo_tf.data import masks
+from mammo_tf.data import privacy
+from mammo_tf.data import schema
+from mammo_tf.data import writer
+from mammo_tf.io import dicom
+
+CACHE_DIR = ".cache"
+CACHE_VERSION = 1
+SUMMARY = "summary.json"
+ERRORS = "errors.csv"
+CONFIG = "config.json"
+PROGRESS_SECONDS = 5.0
+
+# Exit statuses of data_prep.convert (the Makefile relies on 1 = partial success).
+EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2
+
+
+class ConversionError(RuntimeError):
+  """Nothing could be done (missing/unusable manifest, no valid rows, unwritable output)."""
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+  """uint16 [H//f, W//f]: mean of each f x f block (remainder cropped), rounded half up."""
+  image = np.asarray(image)
+  if factor < 1:
+    raise ValueError(f"downsample factor must be >= 1, got {factor}")
+  h, w = image.shape[0] // factor, image.shape[1] // factor
+  if h == 0 or w == 0:
+    raise ValueError(f"image {image.shape[0]}x{image.shape[1]} is smaller than the "
+                     f"downsample factor {factor}")
+  if factor == 1:
+    return image.astype(np.uint16, copy=True)
+  acc = np.zeros((h, w), np.uint32)
+  for dy in range(factor):
+    for dx in range(factor):
+      acc += image[dy:h * factor:factor, dx:w * factor:factor]
+  n = factor * factor
+  return ((acc + n // 2) // n).astype(np.uint16)
+
+
+def flip_box(box: tuple[float, float, float, float], width: int):
+  """Mirrors an (x, y, w, h) box left-right in an image of `width` columns."""
+  x, y, w, h = box
+  return (width - (x + w), y, w, h)
+
+
+def box_to_stored(box: tuple[float, float, float, float], original_shape: tuple[int, int],
+                  factor: int, stored_shape: tuple[int, int]):
+  """(x, y, w, h) in original pixels -> (ymin, xmin, ymax, xmax) in stored pixels, clipped.
+
+  Raises ValueError when no part of the box lies inside the (stored) image.
+  """
+  x, y, w, h = box
+  sh, sw = stored_shape
+  ymin = min(max(y / factor, 0.0), sh)
+  xmin = min(max(x / factor, 0.0), sw)
+  ymax = min(max((y + h) / factor, 0.0), sh)
+  xmax = min(max((x + w) / factor, 0.0), sw)
+  if ymax <= ymin or xmax <= xmin:
+    raise ValueError(f"finding box (x={x:g}, y={y:g}, w={w:g}, h={h:g}) lies outside the image "
+                     f"({original_shape[0]}x{original_shape[1]})")
+  return (float(ymin), float(xmin), float(ymax), float(xmax))
+
+
+def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.ExperimentConfig,
+                  salt: bytes) -> dict[str, Any]:
+  """One manifest row -> a record for `schema.encode_example` (see the module docstring)."""
+  data = cfg.data
+  image, meta = dicom.read_image(row.path, row.domain, apply_voi_lut=data.apply_voi_lut)
+  laterality = row.laterality or (meta.laterality or "")
+  view = row.view or (meta.view or "")
+  original_shape = tuple(image.shape)
+  box = row.box
+  canonical = data.canonical_laterality
+  if canonical and laterality and laterality != canonical:
+    image = dicom.flip_to_canonical(image, laterality, canonical)
+    if box is not None:
+      box = flip_box(box, original_shape[1])
+  stored = block_mean(image, data.downsample)
+  del image
+  stored_box = None
+  if box is not None:
+    stored_box = box_to_stored(box, original_shape, data.downsample, stored.shape)
+  mask = masks.downsample_mask(masks.breast_mask(stored), data.mask_downsample)
+  return {
+      "image": stored, "mask": mask, "label": row.label, "box": stored_box,
+      "domain": row.domain, "split": split, "laterality": laterality, "view": view,
+      "patient": privacy.hash_patient(salt, row.patient_id),
+      "exam": privacy.hash_exam(salt, row.patient_id, row.exam_id),
+      "image_id": privacy.hash_image(salt, row.image_id),
+      "downsample": data.downsample, "mask_downsample": data.mask_downsample,
+  }
+
+
+def breast_histogram(record: dict[str, Any]) -> np.ndarray:
+  """int64 [4096] histogram of the stored image's breast pixels (mask as stored)."""
+  image = record["image"]
+  m = masks.upsample_mask(record["mask"], record["mask_downsample"], image.shape)
+  return np.bincount(image[m].ravel(), minlength=config_lib.NUM_LEVELS).astype(np.int64)
+
+
+def cdf_from_histogram(hist: np.ndarray) -> np.ndarray:
+  """The same normalised c.d.f. that `cdf.image_cdf` gives for those pixels."""
+  hist = np.asarray(hist, np.int64)
+  total = int(hist.sum())
+  if total == 0:
+    raise ValueError("empty histogram")
+  return np.cumsum(hist, dtype=np.float64) / total
+
+
+# ----------------------------------------------------------------------------- c.d.f. sample
+
+
+def stratified_sample(items: Sequence[tuple[str, str]], num: int, seed: int,
+                      domain: str) -> list[str]:
+  """Class-stratified random sample of image hashes (proportional allocation), sorted.
+
+  Args:
+    items: ``(image_hash, label)`` pairs (any order).
+    num: sample size; every item when there are fewer.
+    seed: the run's seed; the domain is mixed in so the two domains draw independently.
+    domain: "ffdm" | "dbt".
+  """
+  by_class: dict[str, list[str]] = {l: [] for l in config_lib.LABELS}
+  for image_hash, label in items:
+    by_class[label].append(image_hash)
+  total = sum(len(v) for v in by_class.values())
+  if num <= 0 or num >= total:
+    return sorted(h for v in by_class.values() for h in v)
+  sizes = [len(by_class[l]) for l in config_lib.LABELS]
+  counts = manifest_lib.allocate(num, sizes)
+  rng = np.random.default_rng(np.random.SeedSequence(
+      [int(seed), config_lib.DOMAINS.index(domain), 0xCDF]))
+  chosen = []
+  for label, k in zip(config_lib.LABELS, counts):
+    pool = sorted(by_class[label])
+    if k:
+      chosen.extend(pool[i] for i in rng.choice(len(pool), size=k, replace=False))
+  return sorted(chosen)
+
+
+def cdf_from_tfrecords(data_dir: str, domain: str, num: int, seed: int) -> tuple[np.ndarray, int]:
+  """Recomputes a domain's average c.d.f. from its training shards (same sample as conversion).
+
+  Returns ``(cdf, number of images averaged)``. Two passes over the shards: metadata only, then
+  the sampled images, one at a time.
+  """
+  import glob
+  import tensorflow as tf
+  paths = sorted(glob.glob(schema.shard_pattern(data_dir, domain, "train")))
+  if not paths:
+    raise FileNotFoundError(f"no training shards for {domain} under {data_dir}")
+  items = []
+  for path in paths:
+    for serialized in writer.iter_shard(path):
+      f = schema.parse_example(tf.constant(serialized))
+      items.append((f[schema.IMAGE_ID].numpy().decode(),
+                    config_lib.LABELS[int(f[schema.LABEL_CLASS])]))
+  chosen = set(stratified_sample(items, num, seed, domain))
+  cdfs = {}
+  for path in paths:
+    for serialized in writer.iter_shard(path):
+      rec = schema.decode_example_numpy(serialized)
+      if rec["image_id"] in chosen:
+        m = masks.upsample_mask(rec["mask"], rec["mask_downsample"], rec["image"].shape)
+        cdfs[rec["image_id"]] = cdf_lib.image_cdf(rec["image"], m)
+  return cdf_lib.average_cdf([cdfs[k] for k in sorted(cdfs)]), len(cdfs)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _input_fingerprint(path: str) -> list:
+  try:
+    st = os.stat(path)
+  except OSError:
+    return ["missing"]
+  if os.path.isdir(path):
+    entries = []
+    for name in sorted(os.listdir(path)):
+      try:
+        s = os.stat(os.path.join(path, name))
+        entries.append([name, s.st_size, s.st_mtime_ns])
+      except OSError:
+        entries.append([name])
+    return ["dir", entries]
+  return ["file", st.st_size, st.st_mtime_ns]
+
+
+def cache_key(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.ExperimentConfig,
+              salt: bytes) -> str:
+  d = cfg.data
+  payload = json.dumps([
+      CACHE_VERSION, schema.SCHEMA_VERSION, privacy.salt_fingerprint(salt),
+      [d.downsample, d.mask_downsample, d.image_codec, d.canonical_laterality, d.apply_voi_lut],
+      [row.patient_id, row.exam_id, row.image_id, row.domain, row.path, row.label, row.laterality,
+       row.view, list(row.box) if row.box else None], split, _input_fingerprint(row.path),
+  ], sort_keys=True)
+  return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=writer.TMP_PREFIX, dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _write_meta(path: str, meta: dict, hist: np.ndarray | None) -> None:
+  body = json.dumps(meta, sort_keys=True).encode("utf-8") + b"\n"
+  if hist is not None:
+    body += zlib.compress(np.asarray(hist, "<i8").tobytes(), 6)
+  _atomic_write(path, body)
+
+
+def _read_meta(path: str) -> tuple[dict, bytes] | None:
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError:
+    return None
+  head, _, rest = data.partition(b"\n")
+  try:
+    return json.loads(head), rest
+  except ValueError:
+    return None
+
+
+def _read_hist(path: str) -> np.ndarray:
+  _, rest = _read_meta(path)
+  return np.frombuffer(zlib.decompress(rest), "<i8")
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cfg_json: str, salt: bytes, cache_dir: str) -> None:
+  _WORKER.update(cfg=config_lib.from_json(cfg_json), salt=salt, cache_dir=cache_dir)
+
+
+def _error_reason(e: BaseException) -> str:
+  if isinstance(e, dicom.DicomError):
+    return str(e.reason)
+  if isinstance(e, (ValueError, OSError)):
+    return str(e) if not isinstance(e, OSError) else f"cannot read input ({e.strerror or e})"
+  return f"unexpected {type(e).__name__}: {e}"
+
+
+def _convert_task(task: tuple) -> tuple[str, dict]:
+  """Worker body: convert one row and cache the result. Returns (key, meta)."""
+  row, split, key, example_only = task
+  cfg, salt, cache_dir = _WORKER["cfg"], _WORKER["salt"], _WORKER["cache_dir"]
+  base = os.path.join(cache_dir, key)
+  try:
+    record = convert_image(row, split, cfg, salt)
+  except Exception as e:  # pylint: disable=broad-except
+    meta = {"status": "error", "reason": _error_reason(e)}
+    if example_only:  # cached as converted earlier; the input must have changed under us
+      raise RuntimeError(f"manifest line {row.line}: input failed to convert again "
+                         f"({meta['reason']}); rerun the conversion") from None
+    _write_meta(base + ".meta", meta, None)
+    return key, meta
+  _atomic_write(base + ".example", schema.encode_example(record, cfg.data.image_codec))
+  meta = {"status": "ok", "domain": record["domain"], "split": split, "label": record["label"],
+          "patient": record["patient"], "exam": record["exam"], "image": record["image_id"]}
+  if not example_only:
+    _write_meta(base + ".meta", meta, breast_histogram(record))
+  return key, meta
+
+
+# ----------------------------------------------------------------------------- the batch job
+
+
+@dataclasses.dataclass
+class ConversionReport:
+  out_dir: str
+  num_rows: int             # manifest rows (valid + rejected by validation)
+  num_converted: int
+  errors: list              # RowError, by line
+  summary: dict
+
+  @property
+  def num_errors(self) -> int:
+    return len(self.errors)
+
+  @property
+  def exit_code(self) -> int:
+    if self.num_converted == 0:
+      return EXIT_NOTHING
+    return EXIT_PARTIAL if self.errors else EXIT_OK
+
+
+def _run_tasks(tasks: list, workers: int, cfg, salt, cache_dir, label: str) -> dict[str, dict]:
+  """Runs `_convert_task` over `tasks` (in-process for 1 worker), logging progress."""
+  results: dict[str, dict] = {}
+  if not tasks:
+    return results
+  start = last = time.monotonic()
+  errors = 0
+
+  def progress(done, final=False):
+    rate = done / max(time.monotonic() - start, 1e-9)
+    logging.info("%s: %d/%d images (%d rejected), %.2f images/s%s", label, done, len(tasks),
+                 errors, rate, " - done" if final else "")
+
+  if workers <= 1:
+    _init_worker(config_lib.to_json(cfg), salt, cache_dir)
+    iterator = map(_convert_task, tasks)
+    pool = None
+  else:
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_init_worker,
+                    initargs=(config_lib.to_json(cfg), salt, cache_dir))
+    iterator = pool.imap_unordered(_convert_task, tasks, chunksize=1)
+  try:
+    for key, meta in iterator:
+      results[key] = meta
+      errors += meta["status"] != "ok"
+      now = time.monotonic()
+      if now - last >= PROGRESS_SECONDS:
+        progress(len(results))
+        last = now
+  finally:
+    if pool is not None:
+      pool.close()
+      pool.join()
+  progress(len(results), final=True)
+  return results
+
+
+def _counts(entries: Iterable[dict]) -> dict:
+  entries = list(entries)
+  classes = collections.Counter(e["label"] for e in entries)
+  return {
+      "patients": len({e["patient"] for e in entries}),
+      "exams": len({e["exam"] for e in entries}),
+      "images": len(entries),
+      "positive": sum(classes[l] for l in config_lib.POSITIVE_LABELS),
+      "negative": len(entries) - sum(classes[l] for l in config_lib.POSITIVE_LABELS),
+      "classes": {l: classes[l] for l in config_lib.LABELS},
+  }
+
+
+def build_summary(ok: Sequence[dict], *, cfg, seed: int, num_rows: int, num_errors: int,
+                  cdf_counts: dict) -> dict:
+  """Table-1 counts (patients, exams, images; per class, domain and split). No identifiers."""
+  summary = {
+      "schema_version": schema.SCHEMA_VERSION,
+      "config": cfg.name,
+      "seed": int(seed),
+      "manifest_rows": int(num_rows),
+      "num_errors": int(num_errors),
+      "total": _counts(ok),
+      "splits": {s: _counts(e for e in ok if e["split"] == s) for s in config_lib.SPLITS},
+      "domains": {},
+      "cdf_images": cdf_counts,
+  }
+  for d in config_lib.DOMAINS:
+    mine = [e for e in ok if e["domain"] == d]
+    summary["domains"][d] = dict(_counts(mine), splits={
+        s: _counts(e for e in mine if e["split"] == s) for s in config_lib.SPLITS})
+  return summary
+
+
+def _errors_csv(errors: Sequence[manifest_lib.RowError]) -> bytes:
+  buf = io.StringIO(newline="")
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(["path", "line", "reason"])
+  for e in errors:
+    w.writerow([e.where, e.line, e.reason])
+  return buf.getvalue().encode("utf-8")
+
+
+def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig, *,
+                   seed: int, workers: int = 1, salt: bytes) -> ConversionReport:
+  """The whole job (see the module docstring). Raises `ConversionError` if nothing can be done."""
+  try:
+    rows, manifest_errors = manifest_lib.read_manifest(manifest)
+  except manifest_lib.ManifestError as e:
+    raise ConversionError(str(e)) from None
+  num_rows = len(rows) + len(manifest_errors)
+  if not rows:
+    raise ConversionError(f"{manifest}: no valid rows ({len(manifest_errors)} rejected)")
+  cfg = dataclasses.replace(cfg, seed=int(seed))
+  cache_dir = os.path.join(out_dir, CACHE_DIR)
+  state_dir = os.path.join(cache_dir, "shards")
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    _atomic_write(os.path.join(out_dir, CONFIG), (config_lib.to_json(cfg) + "\n").encode())
+  except OSError as e:
+    raise ConversionError(f"{out_dir}: output folder is not writable ({e.strerror or e})") from None
+  writer.remove_temp_files(out_dir)
+  writer.remove_temp_files(cache_dir)
+  logging.info("manifest: %d rows, %d valid, %d rejected", num_rows, len(rows),
+               len(manifest_errors))
+
+  splits = manifest_lib.assign_splits(rows, seed, cfg.data.split_fractions)
+  keyed = [(r, splits[r.patient_id], cache_key(r, splits[r.patient_id], cfg, salt)) for r in rows]
+
+  # Phase A: convert every row without a cached result.
+  metas: dict[str, dict] = {}
+  todo = []
+  for row, split, key in keyed:
+    m = _read_meta(os.path.join(cache_dir, key + ".meta"))
+    if m is None:
+      todo.append((row, split, key, False))
+    else:
+      metas[key] = m[0]
+  logging.info("%d images cached from an earlier run, %d to convert with %d worker(s)",
+               len(metas), len(todo), workers)
+  metas.update(_run_tasks(todo, workers, cfg, salt, cache_dir, "converting"))
+
+  ok = []
+  errors = list(manifest_errors)
+  for row, split, key in keyed:
+    meta = metas[key]
+    if meta["status"] == "ok":
+      ok.append(dict(meta, key=key))
+    else:
+      errors.append(manifest_lib.RowError(row.given_path, meta["reason"], row.line))
+  errors.sort(key=lambda e: e.line)
+
+  # Phase B: examples missing for shards that must be (re)written.
+  plan = writer.plan_shards(((e["domain"], e["split"], e["label"] in config_lib.POSITIVE_LABELS,
+                              e["image"], e["key"]) for e in ok), cfg.data.num_shards)
+  removed = writer.remove_unplanned_shards(out_dir, config_lib.DOMAINS, plan)
+  if removed:
+    logging.warning("removed %d shard file(s) of an earlier, different run", len(removed))
+  for d in config_lib.DOMAINS:
+    writer.remove_temp_files(os.path.join(out_dir, d))
+  by_key = {key: (row, split) for row, split, key in keyed}
+  redo = []
+  for relpath, entries in plan.items():
+    if writer.is_complete(out_dir, relpath, writer.contents_digest(entries), state_dir):
+      continue
+    for _, key in entries:
+      if not os.path.exists(os.path.join(cache_dir, key + ".example")):
+        redo.append(by_key[key] + (key, True))
+  _run_tasks(redo, workers, cfg, salt, cache_dir, "re-converting for missing shards")
+
+  def load(key):
+    with open(os.path.join(cache_dir, key + ".example"), "rb") as f:
+      return f.read()
+
+  def drop(relpath, entries):
+    for _, key in entries:
+      p = os.path.join(cache_dir, key + ".example")
+      if os.path.exists(p):
+        os.unlink(p)
+
+  written, skipped = writer.write_all(out_dir, plan, state_dir, load, drop)
+  logging.info("shards: %d written, %d already complete", written, skipped)
+
+  # Average c.d.f.s over a class-stratified sample of training images.
+  cdf_counts = {}
+  for d in config_lib.DOMAINS:
+    path = schema.cdf_path(out_dir, d)
+    train = [(e["image"], e["label"]) for e in ok if e["domain"] == d and e["split"] == "train"]
+    if not train:
+      if os.path.exists(path):
+        os.unlink(path)
+      cdf_counts[d] = 0
+      continue
+    num = cfg.data.cdf_samples_ffdm if d == "ffdm" else cfg.data.cdf_samples_dbt
+    chosen = set(stratified_sample(train, num, seed, d))
+    keys = sorted((e["image"], e["key"]) for e in ok if e["image"] in chosen)
+    avg = cdf_lib.average_cdf(
+        [cdf_from_histogram(_read_hist(os.path.join(cache_dir, k + ".meta"))) for _, k in keys])
+    cdf_lib.save_cdf(path, avg, domain=d, num_images=len(keys))
+    cdf_counts[d] = len(keys)
+    logging.info("%s: average c.d.f. over %d training images", d, len(keys))
+
+  summary = build_summary(ok, cfg=cfg, seed=seed, num_rows=num_rows, num_errors=len(errors),
+                          cdf_counts=cdf_counts)
+  _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors))
+  _atomic_write(os.path.join(out_dir, SUMMARY),
+                (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+  logging.info("done: %d images converted, %d rejected (see %s)", len(ok), len(errors), ERRORS)
+  return ConversionReport(out_dir=out_dir, num_rows=num_rows, num_converted=len(ok),
+                          errors=errors, summary=summary)
