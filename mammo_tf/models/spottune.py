@@ -51,8 +51,9 @@ from keras import layers, ops
 
 from mammo_tf.config import ModelConfig, TrainConfig
 from mammo_tf.models.preprocessing import Normalize
-from mammo_tf.models.resnet import (ResidualUnit, _bn, _conv, _ceil_div, _model_cfg, flops_breakdown,
-                                    head_layers, stem_layers, unit_kwargs, unit_names)
+from mammo_tf.models.resnet import (ResidualUnit, _bn, _ceil_div, _conv, _model_cfg,
+                                    flops_breakdown, head_layers, stem_layers, unit_kwargs,
+                                    unit_names)
 
 _PACKAGE = "mammo_tf"
 _TINY = float(np.finfo(np.float32).tiny)
@@ -373,9 +374,9 @@ def build_spottune(base_classifier: keras.Model, model_cfg: ModelConfig | Mappin
                    train_cfg: TrainConfig, seed: int | None = 0) -> SpotTuneModel:
   """SpotTune model initialised from a trained `build_classifier` model.
 
-  Clones ``normalize`` (by config, and weights if any), copies ``stem_conv``, ``stem_bn``, every ``stage{i}_unit{j}``
-  into both its frozen and its tuned copy, ``final_bn`` and ``head``; the policy network stays
-  randomly initialised. Uses ``train_cfg.frozen_bn``, ``train_cfg.train_stem`` and
+  Clones ``normalize`` (by config, and weights if any); copies ``stem_conv``, ``stem_bn``, every
+  ``stage{i}_unit{j}`` into both its frozen and its tuned copy, ``final_bn`` and ``head``; the
+  policy network stays randomly initialised. Uses ``train_cfg.frozen_bn``, ``train_cfg.train_stem`` and
   ``train_cfg.policy_eval``; ``seed`` seeds the Gumbel noise (and nothing else: Keras initialisers
   follow ``keras.utils.set_random_seed``). The input size is the base model's.
 

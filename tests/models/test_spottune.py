@@ -21,7 +21,7 @@ def _count(weights):
   return sum(int(np.prod(w.shape)) for w in weights)
 
 
-# --- GumbelSoftmax ---------------------------------------------------------------------------------
+# --- GumbelSoftmax ------------------------------------------------------------
 
 
 def test_gumbel_forward_values_are_exactly_one_hot():
@@ -117,7 +117,7 @@ def test_gumbel_config_round_trip_and_validation():
     spottune.GumbelSoftmax(policy_eval="mean")
 
 
-# --- SpotTune model --------------------------------------------------------------------------------
+# --- SpotTune model -----------------------------------------------------------
 
 
 def _tiny_cfg(**train):
@@ -158,7 +158,8 @@ def test_structure_and_trainable_split(base):
   for name in ("stem_conv", "stem_bn", "final_bn"):
     assert not getattr(model, name).trainable
   assert model.head.trainable and model.policy_variables
-  np.testing.assert_array_equal(model.head.get_weights()[0], base.get_layer("head").get_weights()[0])
+  np.testing.assert_array_equal(model.head.get_weights()[0],
+                                base.get_layer("head").get_weights()[0])
   assert len(model.network_variables) + len(model.policy_variables) == len(
       model.trainable_variables)
   # Paper width counts, as reported in the docs: see test_paper_width_parameter_counts.
@@ -292,7 +293,8 @@ def test_keras_file_round_trip(base, tmp_path):
 def test_gated_unit_config_round_trip():
   kwargs = dict(filters=8, strides=2, project=True)
   unit = spottune.GatedResidualUnit(resnet.ResidualUnit(**kwargs, name="frozen"),
-                                    resnet.ResidualUnit(**kwargs, name="tuned"), name="stage1_unit1")
+                                    resnet.ResidualUnit(**kwargs, name="tuned"),
+                                    name="stage1_unit1")
   unit.build((None, 8, 8, 4))
   clone = spottune.GatedResidualUnit.from_config(unit.get_config())
   clone.build((None, 8, 8, 4))
