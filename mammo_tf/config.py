@@ -161,7 +161,7 @@ def _demo() -> ExperimentConfig:
                         spottune_learning_rate=3e-4),
       synthetic=SyntheticConfig(
           num_patients=120, ffdm_shape=(512, 416), dbt_shape=(512, 416),
-          dbt_slices=12, dbt_projections=9, dbt_angle_deg=30.0, dbt_share=0.22,
+          dbt_slices=12, dbt_projections=9, dbt_angle_deg=30.0, dbt_share=0.17,
           dbt_only_share=0.03, phantom_layers=8, phantom_max_side=256))
 
 

@@ -236,3 +236,45 @@ def generate_cohort(out_dir: str, cfg: SyntheticConfig, seed: int, *,
     json.dump(info, f, indent=2, sort_keys=True)
   return CohortReport(out_dir, path, n, info["images"]["ffdm"], info["images"]["dbt"],
                       time.perf_counter() - t0)
+
+
+def render_signals(cfg: SyntheticConfig, seed: int, index: int, side: str, view: str, *,
+                   with_lesion: bool = True, label: str | None = None) -> dict:
+  """Measured signals of one breast view of the index visit (before the vendor mapping).
+
+  Returns ``{"label", "kind", "box", "ffdm": float32 [H, W] log signal, "mip": float32 [H, W]
+  maximum over the reconstructed DBT slices, "support": bool [H, W]}``; the noise is fixed by (seed, index, side, view), so
+  ``with_lesion=False`` renders the same breast without its finding (for tests and
+  figures). Assumes ffdm_shape == dbt_shape. `label` overrides the patient's class.
+  """
+  plan = plan_patient(cfg, seed, index)
+  si, vi = SIDES.index(side), VIEWS.index(view)
+  fh, fw = cfg.ffdm_shape
+  fov_rows, fov_cols = ph.FOV_ROWS_MM, ph.FOV_ROWS_MM * fw / fh
+  sp = fov_rows / fh
+  grid = _grid_shape(cfg.ffdm_shape, cfg.phantom_max_side)
+  brng = _rng(seed, index, 1, si, vi)
+  b = ph.sample_shape(brng, view, fov_rows, fov_cols)
+  tissue = ph.make_tissue(brng, b, grid, fov_rows / grid[0], cfg.phantom_layers)
+  flip = side == "R"
+  if flip:
+    tissue.mu_dz = np.ascontiguousarray(tissue.mu_dz[:, :, ::-1])
+  label = label or (plan.label if side == plan.side else "normal")
+  lesion = ph.make_lesion(_rng(seed, index, 3, si), label, b, cfg.ffdm_shape, sp, flip,
+                          cfg.lesion_scale) if label != "normal" else None
+  box = lesion.box if lesion is not None else None
+  kind = lesion.kind if lesion is not None else ""
+  if not with_lesion:
+    lesion = None
+  skin, _, support = ph.skin_and_support(b, cfg.ffdm_shape, sp)
+  if flip:
+    skin, support = skin[:, ::-1].copy(), support[:, ::-1].copy()
+  params = acq.AcquisitionParams()
+  k_ffdm = 2
+  ffdm = acq.acquire_ffdm(tissue, skin, support, lesion, sp, params, _rng(seed, index, 2, k_ffdm, si, vi))
+  angles = acq.dbt_angles(cfg.dbt_projections, cfg.dbt_angle_deg)
+  proj = acq.acquire_dbt_projections(tissue, skin, support, lesion, sp, angles, params,
+                                     _rng(seed, index, 2, 3, si, vi))
+  heights = acq.slice_heights(b.thickness, cfg.dbt_slices)
+  mip = np.max(list(acq.iter_slices(proj, angles, heights, sp)), axis=0)
+  return {"label": label, "kind": kind, "box": box, "ffdm": ffdm, "mip": mip, "support": support}

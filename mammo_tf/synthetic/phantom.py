@@ -240,7 +240,7 @@ def make_lesion(rng: np.random.Generator, label: str, b: BreastShape, shape: tup
   else:  # scattered_calc
     radius = rng.uniform(8.0, 16.0) * scale
     contrast = 0.0
-  extent = radius * (2.6 if kind == "spiculated" else 1.3)
+  extent = radius * {"spiculated": 2.6, "subtle": 1.6}.get(kind, 1.3)
   # Position: inside the inner part of the breast, away from skin and (MLO) pectoral muscle.
   if position is None:
     for _ in range(200):

@@ -44,11 +44,11 @@ FFDM_VENDORS = (
 )
 
 DBT_VENDORS = (
-    Vendor("Aurelia Medical", "Aurelia MX-3 Tomo", 10, "gamma", 0.7, 0.18, 0.98, 0.0,
+    Vendor("Aurelia Medical", "Aurelia MX-3 Tomo", 10, "gamma", 0.6, 0.30, 0.98, 0.0,
            software="AMX 3.2.1"),
-    Vendor("Northwind Imaging", "Selene 3D", 12, "logistic", 4.0, 0.25, 0.95, 0.0,
+    Vendor("Northwind Imaging", "Selene 3D", 12, "logistic", 4.0, 0.35, 0.95, 0.0,
            software="SD 7.4"),
-    Vendor("Kestrel Diagnostics", "KD Tomo", 16, "gamma", 0.9, 0.15, 0.85, 0.0,
+    Vendor("Kestrel Diagnostics", "KD Tomo", 16, "gamma", 0.75, 0.28, 0.85, 0.0,
            rescale_intercept=-1024.0, software="K16-2.0.5"),
 )
 

@@ -1,0 +1,204 @@
+"""Synthetic cohort: DICOM conformance, manifest validity, determinism, findings, domain gap."""
+
+import csv
+import dataclasses
+import filecmp
+import os
+
+import numpy as np
+import pydicom
+import pytest
+
+from mammo_tf import config
+from mammo_tf.data import cdf
+from mammo_tf.data import manifest as manifest_lib
+from mammo_tf.io import dicom as dicom_io
+from mammo_tf.synthetic import cohort, dicom_writer
+
+TINY = config.get_config("tiny").synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("tiny_cohort"))
+  report = cohort.generate_cohort(out, TINY, seed=0, workers=1)
+  with open(report.manifest, newline="") as f:
+    rows = list(csv.DictReader(f))
+  return out, report, rows
+
+
+@pytest.fixture(scope="module")
+def images(tiny_cohort):
+  """12-bit images through the project's reader: {image_id: (array, meta)}."""
+  out, _, rows = tiny_cohort
+  return {r["image_id"]: dicom_io.read_image(os.path.join(out, r["path"]), r["domain"])
+          for r in rows}
+
+
+def test_manifest_format_and_composition(tiny_cohort):
+  out, report, rows = tiny_cohort
+  with open(report.manifest) as f:
+    assert f.readline().strip() == ",".join(cohort.MANIFEST_COLUMNS)
+  assert report.num_patients == 16 and len(rows) == report.num_ffdm + report.num_dbt
+  # Golden composition of the seed-0 tiny cohort.
+  assert (report.num_ffdm, report.num_dbt) == (76, 36)
+  for r in rows:
+    assert not os.path.isabs(r["path"]) and os.path.exists(os.path.join(out, r["path"]))
+    if r["label"] in ("high_risk", "malignant"):
+      assert r["roi_w"] and int(r["roi_w"]) > 0 and int(r["roi_h"]) > 0
+    if r["label"] == "normal":
+      assert not r["roi_x"]
+  benign = [r for r in rows if r["label"] == "benign"]
+  assert any(r["roi_x"] for r in benign) and any(not r["roi_x"] for r in benign)
+  per_patient = {}
+  for r in rows:
+    per_patient.setdefault(r["patient_id"], set()).add((r["domain"], r["exam_id"]))
+  assert any(len({d for d, _ in v}) == 2 for v in per_patient.values())   # FFDM and DBT
+  assert any(len(v) >= 3 for v in per_patient.values())                   # several exams
+  assert {(r["laterality"], r["view"]) for r in rows} == {
+      ("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")}
+  dbt = [r for r in rows if r["domain"] == "dbt"]
+  assert any(os.path.isdir(os.path.join(out, r["path"])) for r in dbt)    # per-slice studies
+  assert any(r["path"].endswith(".dcm") for r in dbt)                      # multi-frame files
+
+
+def test_manifest_validates_with_the_converter_rules(tiny_cohort):
+  _, report, rows = tiny_cohort
+  parsed, errors = manifest_lib.read_manifest(report.manifest)
+  assert errors == [] and len(parsed) == len(rows)
+  splits = manifest_lib.assign_splits(parsed, 0, (0.8, 0.1, 0.1))
+  assert set(splits.values()) == {"train", "val", "test"}
+
+
+def test_dicom_files_have_the_declared_classes_sizes_depths_and_tags(tiny_cohort):
+  out, _, rows = tiny_cohort
+  manufacturers, photometrics = set(), set()
+  for r in rows:
+    path = os.path.join(out, r["path"])
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+    for fp in files:
+      ds = pydicom.dcmread(fp)
+      sop = dicom_writer.FFDM_SOP_CLASS if r["domain"] == "ffdm" else dicom_writer.DBT_SOP_CLASS
+      assert ds.SOPClassUID == sop and ds.file_meta.MediaStorageSOPClassUID == sop
+      assert (ds.Rows, ds.Columns) == (TINY.ffdm_shape if r["domain"] == "ffdm" else TINY.dbt_shape)
+      assert ds.BitsAllocated == 16 and ds.BitsStored in (10, 12, 14, 16)
+      assert ds.HighBit == ds.BitsStored - 1 and ds.PixelRepresentation == 0
+      px = ds.pixel_array
+      assert px.dtype == np.uint16 and int(px.max()) < 2 ** ds.BitsStored
+      assert ds.PatientID == r["patient_id"] and ds.PatientName and ds.PatientBirthDate
+      assert ds.ImageLaterality == r["laterality"] and ds.ViewPosition == r["view"]
+      assert len(ds.StudyDate) == 8 and ds.AccessionNumber and ds.StudyInstanceUID
+      assert float(ds.PixelSpacing[0]) == pytest.approx(286.72 / ds.Rows, rel=1e-5)
+      assert ds.Modality == "MG" and ds.PresentationIntentType == "FOR PRESENTATION"
+      assert ds.WindowWidth > 0 and ds.RescaleSlope is not None
+      manufacturers.add(ds.Manufacturer)
+      photometrics.add(ds.PhotometricInterpretation)
+      if r["domain"] == "dbt":
+        n = len(files) if len(files) > 1 else int(ds.NumberOfFrames)
+        assert n == TINY.dbt_slices
+        assert len(ds.PerFrameFunctionalGroupsSequence) == int(ds.NumberOfFrames)
+  assert len(manufacturers) >= 3 and photometrics == {"MONOCHROME1", "MONOCHROME2"}
+
+
+def test_same_seed_same_bytes_any_worker_count_different_seed_differs(tiny_cohort, tmp_path):
+  out, _, rows = tiny_cohort
+  again = str(tmp_path / "again")
+  cohort.generate_cohort(again, TINY, seed=0, num_patients=3, workers=2)
+  mine = [r for r in rows if r["patient_id"] in ("SYN00000", "SYN00001", "SYN00002")]
+  cmp = filecmp.dircmp(os.path.join(out, "dicom", "SYN00001"), os.path.join(again, "dicom", "SYN00001"))
+  assert cmp.left_list == cmp.right_list
+  for r in mine:
+    a, b = os.path.join(out, r["path"]), os.path.join(again, r["path"])
+    pairs = ([(os.path.join(a, f), os.path.join(b, f)) for f in sorted(os.listdir(a))]
+             if os.path.isdir(a) else [(a, b)])
+    for x, y in pairs:
+      assert filecmp.cmp(x, y, shallow=False), r["image_id"]
+  with open(os.path.join(again, "manifest.csv")) as f:
+    assert len(list(csv.DictReader(f))) == len(mine)
+  other = str(tmp_path / "other")
+  cohort.generate_cohort(other, TINY, seed=1, num_patients=1, workers=1)
+  first = os.path.join("dicom", "SYN00000", "SYN00000-E1", "SYN00000-E1-LCC.dcm")
+  if os.path.exists(os.path.join(other, first)) and os.path.exists(os.path.join(out, first)):
+    assert not filecmp.cmp(os.path.join(out, first), os.path.join(other, first), shallow=False)
+  with open(os.path.join(other, "manifest.csv")) as f:
+    r0 = next(csv.DictReader(f))
+  a, b = os.path.join(out, r0["path"]), os.path.join(other, r0["path"])
+  if os.path.isfile(a) and os.path.isfile(b):
+    assert open(a, "rb").read() != open(b, "rb").read()
+
+
+def _ring_contrast(img: np.ndarray, box, margin: int) -> float:
+  """(mean inside box - mean of a ring around it) / std of the ring, breast pixels only."""
+  x, y, w, h = box
+  H, W = img.shape
+  inner = np.zeros(img.shape, bool)
+  inner[y:y + h, x:x + w] = True
+  outer = np.zeros(img.shape, bool)
+  outer[max(0, y - margin):y + h + margin, max(0, x - margin):x + w + margin] = True
+  ring = outer & ~inner & (img > 0)
+  inner &= img > 0
+  return float((img[inner].mean() - img[ring].mean()) / (img[ring].std() + 1e-6))
+
+
+@pytest.mark.parametrize("index,side,view", [(1, None, "CC"), (2, None, "MLO"), (3, None, "CC")])
+def test_box_contains_the_finding_in_both_domains(index, side, view):
+  cfg = dataclasses.replace(TINY, num_patients=4)
+  plan = cohort.plan_patient(cfg, 0, index)
+  side = plan.side
+  label = plan.label if plan.label != "normal" else "malignant"
+  on = cohort.render_signals(cfg, 0, index, side, view, label=label)
+  off = cohort.render_signals(cfg, 0, index, side, view, label=label, with_lesion=False)
+  x, y, w, h = on["box"]
+  for key in ("ffdm", "mip"):
+    diff = np.abs(on[key] - off[key])
+    # Energy of the finding's signal: concentrated in the box (DBT adds faint out-of-plane
+    # ghosts along the sweep and the reconstruction filter's halo around it).
+    energy = diff ** 2
+    assert energy[y:y + h, x:x + w].sum() > 0.8 * energy.sum(), (key, on["kind"])
+    outside = diff.copy()
+    outside[y:y + h, x:x + w] = 0
+    assert diff[y:y + h, x:x + w].max() > max(0.05, outside.max()), (key, on["kind"])
+
+
+def test_box_region_differs_from_its_surround_in_the_files(tiny_cohort, images):
+  _, _, rows = tiny_cohort
+  for domain in ("ffdm", "dbt"):
+    pos = [r for r in rows if r["domain"] == domain and r["roi_x"]]
+    scores = []
+    for r in pos:
+      img = images[r["image_id"]][0].astype(np.float64)
+      box = tuple(int(r[k]) for k in ("roi_x", "roi_y", "roi_w", "roi_h"))
+      scores.append(_ring_contrast(img, box, margin=max(box[2], box[3]) // 2 + 2))
+    assert len(scores) >= 4
+    # Findings are denser than their surround on average (bright in the 12-bit convention).
+    assert np.mean(scores) > 0.3, (domain, np.round(scores, 2))
+
+
+def test_ffdm_and_mip_cdfs_differ_and_histogram_matching_reduces_the_gap(tiny_cohort, images):
+  _, _, rows = tiny_cohort
+  def avg(domain, lut=None):
+    cdfs = []
+    for r in rows:
+      if r["domain"] != domain:
+        continue
+      img = images[r["image_id"]][0]
+      mask = img > 0
+      if lut is not None:
+        img = np.clip(np.rint(cdf.apply_lut(img, lut, mask)), 0, 4095).astype(np.uint16)
+      cdfs.append(cdf.image_cdf(img, mask))
+    return cdf.average_cdf(cdfs)
+  ffdm, mip = avg("ffdm"), avg("dbt")
+  before = cdf.kolmogorov_distance(ffdm, mip)
+  after = cdf.kolmogorov_distance(ffdm, avg("dbt", cdf.hm_lut(mip, ffdm)))
+  print(f"Kolmogorov distance FFDM vs MIP: before HM {before:.3f}, after HM {after:.3f}")
+  assert before > 0.2
+  assert after < 0.5 * before
+
+
+def test_converts_with_zero_errors(tiny_cohort, tmp_path):
+  from mammo_tf.data import convert
+  _, report, rows = tiny_cohort
+  result = convert.run_conversion(report.manifest, str(tmp_path / "tfrecords"),
+                                  config.get_config("tiny"), seed=0, workers=1, salt=b"test")
+  assert result.num_errors == 0 and result.num_converted == len(rows)
+  assert result.summary["domains"]["dbt"]["images"] == report.num_dbt
