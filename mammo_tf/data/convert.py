@@ -3,7 +3,8 @@
 Two layers:
 
 * `convert_image(row, split, cfg, salt) -> record`: pure, one image. Reads the FFDM or the DBT MIP
-  (`mammo_tf.io.dicom`), optionally flips it to ``cfg.data.canonical_laterality`` (box flipped too),
+  (`mammo_tf.io.dicom`), optionally flips it to ``cfg.data.canonical_laterality`` (box flipped too;
+  an unknown laterality is inferred from the image for that decision only, the record keeps ""),
   stores it at ``1/cfg.data.downsample`` by a ``factor x factor`` block mean (remainder rows/cols
   cropped, rounded half up in integer arithmetic), computes the breast mask on the stored image and
   keeps it at ``1/cfg.data.mask_downsample`` (majority rule), converts the finding box to stored
@@ -131,10 +132,13 @@ def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Exp
   original_shape = tuple(image.shape)
   box = row.box
   canonical = data.canonical_laterality
-  if canonical and laterality and laterality != canonical:
-    image = dicom.flip_to_canonical(image, laterality, canonical)
-    if box is not None:
-      box = flip_box(box, original_shape[1])
+  if canonical:
+    # Unknown laterality: the side the breast lies against decides (as io.dicom does).
+    side = laterality or dicom.infer_laterality(image)
+    if side and side != canonical:
+      image = dicom.flip_to_canonical(image, side, canonical)
+      if box is not None:
+        box = flip_box(box, original_shape[1])
   stored = block_mean(image, data.downsample)
   del image
   stored_box = None

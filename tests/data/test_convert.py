@@ -117,18 +117,18 @@ def _build_cohort(root):
     bad[len(good) + len(bad) + 2] = (line.split(",")[4], reason)
     return line
   lines_bad = [
-      add_bad("MRN-QX-05,E5,B01,ffdm,dicom/missing.dcm,normal,,,,,,,", "no such file"),
+      add_bad("MRN-QX-05,E5,B01,ffdm,dicom/missing.dcm,normal,,,,,,,", "file not found"),
       add_bad("MRN-QX-05,E5,B02,ffdm,dicom/not_dicom.dcm,normal,,,,,,,", "not a DICOM"),
-      add_bad("MRN-QX-05,E5,B03,ffdm,dicom/truncated.dcm,normal,,,,,,,", "truncated"),
+      add_bad("MRN-QX-05,E5,B03,ffdm,dicom/truncated.dcm,normal,,,,,,,", "truncated pixel data"),
       add_bad("MRN-QX-05,E5,B04,ffdm,dicom/no_pixels.dcm,normal,,,,,,,", "no PixelData"),
-      add_bad("MRN-QX-05,E5,B05,ffdm,dicom/colour.dcm,normal,,,,,,,", "colour"),
+      add_bad("MRN-QX-05,E5,B05,ffdm,dicom/colour.dcm,normal,,,,,,,", "colour image"),
       add_bad("MRN-QX-05,E5,B06,ffdm,dicom/mpeg.dcm,normal,,,,,,,", "unsupported transfer syntax"),
       add_bad("MRN-QX-05,E5,B07,ffdm,dicom/p1_lcc.dcm,cancer,,,,,,,", "unknown label 'cancer'"),
       add_bad("MRN-QX-01,EXAM-QX-11,B08,ffdm,dicom/p1_lcc.dcm,malignant,,,200,10,20,20,",
               "lies outside the image (96x80)"),
       add_bad("MRN-QX-05,E5,IMG-QX-0001,ffdm,dicom/p1_rcc.dcm,normal,,,,,,,",
               "duplicate image_id (first used on line 2)"),
-      add_bad("MRN-QX-05,E5,B10,dbt,dicom/mixed,normal,,,,,,,", "size"),
+      add_bad("MRN-QX-05,E5,B10,dbt,dicom/mixed,normal,,,,,,,", "mixed slice sizes"),
       add_bad("MRN-QX-05,E5,B11,ffdm,dicom/black.dcm,normal,,,,,,,", "no breast found"),
   ]
   with open(f"{d}/not_dicom.dcm", "w") as f:
