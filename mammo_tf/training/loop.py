@@ -335,7 +335,7 @@ def run(job: Job, cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
   steps = pipeline.steps_per_epoch(cfg)
   val_ds = pipeline.make_eval_dataset(data_dir, job.domain, "val", cfg, seed=0,
                                       hm_lut=job.hm_lut)
-  epoch = start_epoch
+  epoch, ran_epochs = start_epoch, 0
   while epoch <= job.epochs and not stopped:
     t0 = time.time()
     train_ds = pipeline.make_train_dataset(data_dir, job.domain, "train", cfg,
@@ -383,10 +383,14 @@ def run(job: Job, cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
                             {"next_epoch": epoch + 1, "tracker": tracker.state(),
                              "history": history, "stopped": stopped})
     epoch += 1
+    ran_epochs += 1
   logger.close()
   if not chief:
     return TrainResult(tracker.best_epoch, _nan(tracker.best_value), len(history), paths, history)
-  best_model = keras.models.load_model(paths["best"])
+  if ran_epochs and history[-1]["best"]:
+    best_model = job.model          # the last epoch is the best: it is what best.keras holds
+  else:
+    best_model = keras.models.load_model(paths["best"])
   export_lib.export_serving(best_model, paths["export"], cfg.input_size, hm_lut=job.hm_lut)
   if job.on_finish is not None:
     job.on_finish(best_model, history)
