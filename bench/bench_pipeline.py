@@ -61,7 +61,12 @@ def plain_loop(serialized, cfg, lut, n, seed=0):
   t0 = time.perf_counter()
   for i in range(n):
     ex = tf.train.Example.FromString(serialized[i % len(serialized)]).features.feature
-    image = np.array(Image.open(io.BytesIO(ex[schema.IMAGE].bytes_list.value[0])), np.float32)
+    encoded = ex[schema.IMAGE].bytes_list.value[0]
+    if ex[schema.IMAGE_FORMAT].bytes_list.value[0] == b"raw":
+      shape = (ex[schema.HEIGHT].int64_list.value[0], ex[schema.WIDTH].int64_list.value[0])
+      image = np.frombuffer(encoded, "<u2").reshape(shape).astype(np.float32)
+    else:
+      image = np.array(Image.open(io.BytesIO(encoded)), np.float32)
     mask = np.array(Image.open(io.BytesIO(ex[schema.MASK].bytes_list.value[0])))
     md = ex[schema.MASK_DOWNSAMPLE].int64_list.value[0]
     box = np.array(ex[schema.BOX].float_list.value, np.float32)
