@@ -6,8 +6,8 @@ Two layers:
   (`mammo_tf.io.dicom`), optionally flips it to ``cfg.data.canonical_laterality`` (box flipped too;
   an unknown laterality is inferred from the image for that decision only, the record keeps ""),
   stores it at ``1/cfg.data.downsample`` by a ``factor x factor`` block mean (remainder rows/cols
-  cropped, rounded half up in integer arithmetic), computes the breast mask on the stored image and
-  keeps it at ``1/cfg.data.mask_downsample`` (majority rule), converts the finding box to stored
+  cropped, rounded half up in integer arithmetic), computes the breast mask of the stored image on
+  the ``1/cfg.data.mask_downsample`` cell grid (`masks.breast_mask`, majority rule), converts the finding box to stored
   ``(ymin, xmin, ymax, xmax)`` (clipped when partly outside; an error when nothing is left), and
   replaces ids by salted hashes. Raises `DicomError` / `ValueError` with a reason. Beam reuses it.
 
@@ -90,12 +90,18 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
                      f"downsample factor {factor}")
   if factor == 1:
     return image.astype(np.uint16, copy=True)
-  acc = np.zeros((h, w), np.uint32)
-  for dy in range(factor):
-    for dx in range(factor):
-      acc += image[dy:h * factor:factor, dx:w * factor:factor]
+  # Rows first (contiguous), then columns: ~2x faster than f*f strided 2-D adds.
+  rows = image[0:h * factor:factor, :w * factor].astype(np.uint32)
+  for dy in range(1, factor):
+    rows += image[dy:h * factor:factor, :w * factor]
+  acc = rows[:, 0::factor].copy()
+  for dx in range(1, factor):
+    acc += rows[:, dx::factor]
+  del rows
   n = factor * factor
-  return ((acc + n // 2) // n).astype(np.uint16)
+  acc += n // 2
+  acc //= n
+  return acc.astype(np.uint16)
 
 
 def flip_box(box: tuple[float, float, float, float], width: int):
@@ -144,7 +150,7 @@ def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Exp
   stored_box = None
   if box is not None:
     stored_box = box_to_stored(box, original_shape, data.downsample, stored.shape)
-  mask = masks.downsample_mask(masks.breast_mask(stored), data.mask_downsample)
+  mask = masks.breast_mask(stored, factor=data.mask_downsample).astype(np.uint8)
   return {
       "image": stored, "mask": mask, "label": row.label, "box": stored_box,
       "domain": row.domain, "split": split, "laterality": laterality, "view": view,

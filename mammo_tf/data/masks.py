@@ -12,7 +12,9 @@ An image with nothing above the threshold raises ``ValueError("no breast found .
 
 `downsample_mask` stores the mask at ``1/factor`` resolution: a cell is breast when **at least
 half** of its pixels are (majority rule; edge cells count only their real pixels), so a centre
-drawn from the stored mask lies in the breast. `upsample_mask` is its nearest-neighbour inverse,
+drawn from the stored mask lies in the breast. The converter calls ``breast_mask(stored,
+factor=mask_downsample)``, which applies the majority rule to the thresholded pixels and then
+runs steps 2-3 on the cell grid (64x cheaper at factor 8 than full resolution). `upsample_mask` is its nearest-neighbour inverse,
 used for "breast pixels only" c.d.f.s both at conversion and when recomputing from TFRecords, so
 the two give identical results.
 """
@@ -25,19 +27,40 @@ from scipy import ndimage
 _EIGHT = np.ones((3, 3), bool)
 
 
-def breast_mask(image: np.ndarray, threshold_fraction: float = 0.05) -> np.ndarray:
-  """bool [H, W]: the largest bright connected component, holes filled."""
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+  """Fills background regions not 4-connected to the border (= `ndimage.binary_fill_holes`)."""
+  labels, n = ndimage.label(~mask)
+  if n == 0:
+    return mask.copy()
+  border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+  outside = np.zeros(n + 1, bool)
+  outside[border] = True
+  outside[0] = False
+  return ~outside[labels]
+
+
+def breast_mask(image: np.ndarray, threshold_fraction: float = 0.05,
+                factor: int = 1) -> np.ndarray:
+  """bool [ceil(H/f), ceil(W/f)]: the largest bright connected component, holes filled.
+
+  With ``factor > 1`` the mask is computed directly on the cell grid of `downsample_mask`: a cell
+  is foreground when at least half of its pixels reach the threshold, and the largest component
+  and hole filling run on the cells (f^2 times cheaper than at full resolution; this is what the
+  converter stores).
+  """
   image = np.asarray(image)
   if image.ndim != 2 or image.size == 0:
     raise ValueError(f"breast_mask needs a non-empty 2-D image, got shape {image.shape}")
   bg = float(image.min())
-  # Percentile on a strided subsample: the same answer to a few levels, 16x cheaper.
+  # Percentile on a strided subsample: the same answer to a few levels, much cheaper.
   step = max(1, int(np.sqrt(image.size / 250_000)))
   hi = float(np.percentile(image[::step, ::step], 99))
   if hi <= bg:
     hi = float(image.max())
   threshold = bg + max(1.0, threshold_fraction * (hi - bg))
   fg = image >= threshold
+  if factor > 1:
+    fg = downsample_mask(fg, factor).astype(bool)
   if not fg.any():
     raise ValueError("no breast found (image has no pixels above the background)")
   labels, n = ndimage.label(fg, structure=_EIGHT)
@@ -45,7 +68,7 @@ def breast_mask(image: np.ndarray, threshold_fraction: float = 0.05) -> np.ndarr
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
     fg = labels == int(np.argmax(sizes))
-  return ndimage.binary_fill_holes(fg)
+  return fill_holes(fg)
 
 
 def downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
