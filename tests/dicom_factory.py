@@ -344,7 +344,10 @@ def _save(ds: Dataset, path: Path, transfer_syntax: UID | None = None) -> Path:
   if transfer_syntax is not None:
     fm.TransferSyntaxUID = UID(transfer_syntax)
   with _lenient_writing():
-    ds.save_as(path, enforce_file_format=True)
+    if fm.TransferSyntaxUID.is_transfer_syntax:
+      ds.save_as(path, enforce_file_format=True)
+    else:  # a private / unknown transfer syntax: encode the dataset as Explicit VR Little Endian
+      ds.save_as(path, implicit_vr=False, little_endian=True, enforce_file_format=True)
   return path
 
 
