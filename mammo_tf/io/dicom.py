@@ -1066,8 +1066,9 @@ def read_image(path, domain: str, **kw) -> tuple[np.ndarray, DicomMeta]:
 
 
 def infer_laterality(image: np.ndarray) -> str:
-  """"L" when the breast lies against the image's left edge (a left breast in standard DICOM
-  orientation: PatientOrientation A\\R for L CC), "R" when against the right edge; "" if blank."""
+  """Guesses the laterality from the pixels: "L" when the breast lies against the image's left edge
+  (a left breast in the standard DICOM orientation, PatientOrientation A\\R for L CC), "R" when
+  against the right edge, "" for a blank or symmetric image."""
   img = np.asarray(image)
   half = img.shape[1] // 2
   left = float(img[:, :half].sum(dtype=np.float64))
