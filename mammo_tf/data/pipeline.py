@@ -6,9 +6,10 @@ Training (paper §2.2-2.3, DESIGN §5)::
              -> shuffle(cfg.data.shuffle_buffer, seeded)
   sample_from_datasets([pos, neg], weights=[0.5, 0.5], seed)     # balanced, infinite
   zip with a counter k                                           # example index, across epochs
-  map: decode -> cfg.data.reuse patches, each: centre rule + augmentation + ONE projective
-       transform -> HistogramMatching (optional) -> Gaussian noise      (parallel, ordered)
-  [reuse > 1: unbatch + a small seeded shuffle so a batch mixes images]
+  map: decode (parallel, ordered); each decoded image handed to cfg.data.reuse patch calls
+  map: centre rule + augmentation + ONE projective transform -> HistogramMatching (optional)
+       -> Gaussian noise                                            (parallel, ordered)
+  [reuse > 1: a small seeded shuffle so a batch mixes images]
   batch(cfg.data.batch_size, drop_remainder=True) -> prefetch
 
 Every random draw of example k comes from ``stateless_fold_in((seed, k))`` (and the patch index
@@ -73,22 +74,25 @@ def _class_stream(files, cfg, seed, files_stream, shuffle_stream, deterministic)
                     reshuffle_each_iteration=True)
 
 
-def _train_patches(cfg, seed, hm):
-  data_cfg = cfg.data
-  reuse = max(1, int(data_cfg.reuse))
+_DECODED_KEYS = ("image", "mask", "mask_downsample", "box", "has_box", "label")
 
-  def fn(index, serialized):
-    ex = schema.decode_example(serialized)
-    image_seed = augment.example_seed(seed, index)
-    out = []
-    for r in range(reuse):
-      s = image_seed if reuse == 1 else augment.example_seed(image_seed[0], image_seed[1], r)
-      out.append(augment.make_patch(ex["image"], ex["mask"], ex["mask_downsample"], ex["box"],
-                                    ex["has_box"], s, data_cfg, train=True, hm=hm))
-    label = tf.cast(ex["label"], tf.float32)
-    if reuse == 1:
-      return out[0], label
-    return tf.stack(out), tf.fill([reuse], label)
+
+def _decode(index, serialized):
+  ex = schema.decode_example(serialized)
+  return index, {k: ex[k] for k in _DECODED_KEYS}
+
+
+def _train_patch(cfg, seed, hm):
+  """(image index k, patch index r, decoded example) -> (patch, label); seed from (seed, k, r)."""
+  data_cfg = cfg.data
+
+  def fn(index, r, ex):
+    s = augment.example_seed(seed, index)
+    if data_cfg.reuse > 1:
+      s = augment.example_seed(s[0], s[1], r)
+    patch = augment.make_patch(ex["image"], ex["mask"], ex["mask_downsample"], ex["box"],
+                               ex["has_box"], s, data_cfg, train=True, hm=hm)
+    return patch, tf.cast(ex["label"], tf.float32)
 
   return fn
 
@@ -117,11 +121,16 @@ def make_train_dataset(data_dir: str, domain: str, split: str, cfg, seed: int, *
   ds = tf.data.Dataset.sample_from_datasets([pos, neg], weights=[0.5, 0.5],
                                             seed=_stream_seed(seed, _SAMPLE))
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
-  ds = ds.map(_train_patches(cfg, _stream_seed(seed, _EXAMPLES), hm),
+  ds = ds.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  reuse = max(1, int(cfg.data.reuse))
+  # Each decoded image is handed to `reuse` patch calls (the tensor is shared, not copied), so
+  # patches are cut in parallel whatever the reuse.
+  ds = ds.flat_map(lambda k, ex: tf.data.Dataset.from_tensors((k, ex)).repeat(reuse).enumerate()
+                   .map(lambda r, kex: (kex[0], tf.cast(r, tf.int64), kex[1])))
+  ds = ds.map(_train_patch(cfg, _stream_seed(seed, _EXAMPLES), hm),
               num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-  if cfg.data.reuse > 1:
-    ds = ds.unbatch().shuffle(max(cfg.data.batch_size, 2 * cfg.data.reuse),
-                              seed=_stream_seed(seed, _REUSE_SHUFFLE))
+  if reuse > 1:   # mix the patches of several images in a batch
+    ds = ds.shuffle(max(cfg.data.batch_size, 2 * reuse), seed=_stream_seed(seed, _REUSE_SHUFFLE))
   ds = ds.batch(cfg.data.batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE,
                 deterministic=deterministic)
   options = tf.data.Options()
