@@ -6,8 +6,9 @@ reduced exactly as the converter stores it (`mammo_tf.data.convert.block_mean`,
 histogram-matched (MIP -> FFDM), and the patch model slides over it in batches of overlapping
 ``P x P`` windows (stride ``P / 4`` by default; the last window of a row or column is aligned
 with the image edge so that every pixel is covered). Windows that do not touch the breast are
-skipped. Each pixel's probability is the mean over the windows that cover it, restricted to the
-breast mask. The image-level score is the highest window probability.
+skipped. Each pixel's probability is the average over the windows that cover it (weighted by a
+Gaussian of the distance to each window's centre by default; plain mean with
+``weighting="uniform"``), restricted to the breast mask. The image-level score is the highest window probability.
 """
 
 from __future__ import annotations
@@ -37,21 +38,32 @@ def window_starts(length: int, patch: int, stride: int) -> np.ndarray:
   return starts.astype(np.int64)
 
 
+def window_weights(patch: int, weighting: str = "gaussian") -> np.ndarray:
+  """float64 [P, P] weight of each window pixel in the overlap average (see sliding_window_map)."""
+  if weighting == "uniform":
+    return np.ones((patch, patch))
+  if weighting != "gaussian":
+    raise ValueError(f"weighting must be 'gaussian' or 'uniform', got {weighting!r}")
+  d = np.arange(patch) - (patch - 1) / 2.0
+  g = np.exp(-d ** 2 / (2.0 * (patch / 4.0) ** 2))
+  return np.outer(g, g)
+
+
 @dataclasses.dataclass
 class HeatMap:
   """Result of `sliding_window_map` (stored-resolution arrays)."""
-  probability: np.ndarray    # float32 [H, W]: mean over covering windows, 0 outside the mask
+  probability: np.ndarray    # float32 [H, W]: average over covering windows, 0 outside the mask
   window_probability: np.ndarray  # float32 [ny, nx]: NaN for skipped windows
   starts_y: np.ndarray
   starts_x: np.ndarray
   score: float               # max window probability
-  peak: tuple[int, int]      # (row, col) of the map's maximum
+  peak: tuple[int, int]      # (row, col) of the map's maximum (`peak_location`)
   windows: int               # windows evaluated
 
 
 def sliding_window_map(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
                        patch: int, *, stride: int | None = None, batch_size: int = 64,
-                       mask: np.ndarray | None = None,
+                       mask: np.ndarray | None = None, weighting: str = "gaussian",
                        log: Callable[[str], None] | None = None) -> HeatMap:
   """Slides `predict` (float32 ``[B, P, P, 1]`` -> ``[B]``) over `image` (12-bit units).
 
@@ -63,6 +75,10 @@ def sliding_window_map(predict: Callable[[np.ndarray], np.ndarray], image: np.nd
     batch_size: windows per model call.
     mask: bool [H, W] breast mask; windows without breast pixels are skipped and the map is 0
       outside it. None: everything counts.
+    weighting: how a window's probability spreads over its pixels in the average: "gaussian"
+      (default; weight exp(-d^2 / (2 (P/4)^2)) at distance d from the window centre, so each pixel
+      mostly reflects the windows centred near it, as training patches are centred on findings)
+      or "uniform" (plain mean of every covering window).
     log: optional progress callback.
   """
   img = np.asarray(image, np.float32)
@@ -93,16 +109,28 @@ def sliding_window_map(predict: Callable[[np.ndarray], np.ndarray], image: np.nd
     window_prob[idx[:, 0], idx[:, 1]] = probs
     if log and (b // batch_size) % 20 == 0:
       log(f"heat map: {min(b + batch_size, len(todo))}/{len(todo)} windows")
+  kernel = window_weights(patch, weighting)
   acc = np.zeros((ph, pw), np.float64)
   cnt = np.zeros((ph, pw), np.float64)
   for i, j in todo:
-    acc[sy[i]:sy[i] + patch, sx[j]:sx[j] + patch] += window_prob[i, j]
-    cnt[sy[i]:sy[i] + patch, sx[j]:sx[j] + patch] += 1.0
+    acc[sy[i]:sy[i] + patch, sx[j]:sx[j] + patch] += kernel * window_prob[i, j]
+    cnt[sy[i]:sy[i] + patch, sx[j]:sx[j] + patch] += kernel
   prob = np.where(cnt > 0, acc / np.maximum(cnt, 1.0), 0.0)[:h, :w]
   prob = np.where(m, prob, 0.0).astype(np.float32)
-  peak = np.unravel_index(int(np.argmax(prob)), prob.shape)
+  peak = peak_location(prob)
   score = float(np.nanmax(window_prob)) if len(todo) else 0.0
-  return HeatMap(prob, window_prob, sy, sx, score, (int(peak[0]), int(peak[1])), int(len(todo)))
+  return HeatMap(prob, window_prob, sy, sx, score, peak, int(len(todo)))
+
+
+def peak_location(prob: np.ndarray, tol: float = 1e-6) -> tuple[int, int]:
+  """(row, col) of the map's maximum: the centroid of the connected plateau of maximal values
+  that holds the first maximum (an averaged map is flat where the same windows cover)."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  first = np.unravel_index(int(np.argmax(prob)), prob.shape)
+  top = prob >= prob[first] - tol
+  labels, _ = ndimage.label(top, structure=np.ones((3, 3), bool))
+  rows, cols = np.nonzero(labels == labels[first])
+  return int(round(rows.mean())), int(round(cols.mean()))
 
 
 def overlay_rgb(image: np.ndarray, probability: np.ndarray, mask: np.ndarray | None = None,
