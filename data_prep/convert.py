@@ -2,7 +2,12 @@ r"""Converts a DICOM manifest into sharded TFRecords, c.d.f.s, summary.json and 
 
   python -m data_prep.convert --manifest M.csv --out DIR [--workers N] [--seed S] [--preset P] \
       [--override section.field=value ...] [--salt_file F] [--codec png|raw] \
-      [--canonical_laterality L|R]
+      [--canonical_laterality L|R] [--runner local|beam [-- BEAM_PIPELINE_OPTIONS ...]]
+
+--runner beam runs the same per-image conversion as an Apache Beam pipeline (DirectRunner unless
+options after `--` say otherwise, e.g. `-- --runner=FlinkRunner --flink_master=HOST:8081`); it
+writes the same shards, c.d.f.s, summary.json and errors.csv (mammo_tf/data/beam_pipeline.py,
+docs/scale_out.md). --workers applies to the local runner only.
 
 Exit status: 0 every input converted; 1 some inputs rejected (listed in DIR/errors.csv), the rest
 converted; 2 nothing could be done (missing or unusable manifest, no valid rows, unwritable output,
@@ -34,11 +39,15 @@ flags.DEFINE_string("salt_file", None,
 flags.DEFINE_enum("codec", None, ["png", "raw"], "Image codec (default: the preset's).")
 flags.DEFINE_enum("canonical_laterality", None, ["L", "R", ""],
                   "Flip every image to this side ('' = keep as acquired; default: the preset's).")
+flags.DEFINE_enum("runner", "local", ["local", "beam"],
+                  "local: a pool of --workers processes; beam: Apache Beam (options after --).")
 flags.mark_flags_as_required(["manifest", "out"])
 
 
 def main(argv):
-  del argv
+  beam_args = argv[1:]
+  if beam_args and FLAGS.runner != "beam":
+    raise app.UsageError(f"unexpected arguments {beam_args} (pipeline options need --runner beam)")
   try:
     overrides = list(FLAGS.override)
     if FLAGS.codec is not None:
@@ -47,8 +56,13 @@ def main(argv):
       overrides.append(f"data.canonical_laterality={FLAGS.canonical_laterality}")
     cfg = config_lib.get_config(FLAGS.preset, overrides)
     salt = privacy.load_or_create_salt(FLAGS.out, FLAGS.salt_file)
-    report = convert.run_conversion(FLAGS.manifest, FLAGS.out, cfg, seed=FLAGS.seed,
-                                    workers=FLAGS.workers, salt=salt)
+    if FLAGS.runner == "beam":
+      from mammo_tf.data import beam_pipeline  # pylint: disable=g-import-not-at-top
+      report = beam_pipeline.run_beam_conversion(FLAGS.manifest, FLAGS.out, cfg, seed=FLAGS.seed,
+                                                 salt=salt, pipeline_args=beam_args)
+    else:
+      report = convert.run_conversion(FLAGS.manifest, FLAGS.out, cfg, seed=FLAGS.seed,
+                                      workers=FLAGS.workers, salt=salt)
   except (convert.ConversionError, privacy.SaltError, KeyError, ValueError, OSError) as e:
     logging.error("nothing converted: %s", e)
     return convert.EXIT_NOTHING
