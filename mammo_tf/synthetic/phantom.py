@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
 
 # Linear attenuation coefficients (1/mm), ~20 keV effective energy.
 MU_FAT = 0.045
