@@ -44,7 +44,9 @@ FIGURE_CAPTIONS = (
     ("sample_patches", "Sample patches: FFDM, MIP and MIP with histogram matching (paper Fig. 1)."),
     ("cumulative_histograms", "Average cumulative histograms of FFDM, MIP and HM-MIP training "
                               "images, breast pixels (paper Fig. 2)."),
-    ("policy_spottune", "SpotTune policy: fraction of test patches routed to the fine-tuned copy "
+    ("policy_comparison", "SpotTune policies with and without HM: fraction of validation patches "
+                          "routed to the fine-tuned copy of each residual block (paper Fig. 3)."),
+    ("policy_spottune", "SpotTune policy: fraction of validation patches routed to the fine-tuned copy "
                         "of each residual block, MIP (paper Fig. 3)."),
     ("policy_spottune_hm", "SpotTune policy, MIP with HM (paper Fig. 3)."),
     ("roc_mip", "ROC curves of the FFDM model on MIP (one line per seed)."),

@@ -130,9 +130,15 @@ def is_done(directory: str) -> bool:
 
 
 def model_stamp(directory: str) -> str:
-  """Identifies a completed training: a hash of its done.json (changes when it is retrained)."""
-  with open(os.path.join(directory, DONE_FILE), "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()[:16]
+  """Identifies a completed training: a hash of its done.json and best.keras bytes."""
+  digest = hashlib.sha256()
+  for name in (DONE_FILE, MODEL_FILE):
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          digest.update(block)
+  return digest.hexdigest()[:16]
 
 
 def git_commit(path: str | None = None) -> str:
@@ -185,8 +191,10 @@ class Trainers:
 
 
 def default_trainers() -> Trainers:
-  from mammo_tf import training  # pylint: disable=g-import-not-at-top
-  return Trainers(training.train_base, training.finetune, training.train_spottune)
+  """mammo_tf.training's jobs: `jobs.train_base`, `jobs.finetune`, `spottune_train.train_spottune`."""
+  from mammo_tf.training import jobs  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import spottune_train  # pylint: disable=g-import-not-at-top
+  return Trainers(jobs.train_base, jobs.finetune, spottune_train.train_spottune)
 
 
 def base_model_path(workdir: str) -> str:
@@ -353,29 +361,70 @@ def make_figures(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
   return figures
 
 
-def _data_figures(cfg, data_dir, workdir, add) -> None:
+def sample_patch_figure(data_dir: str, cfg: config_lib.ExperimentConfig, path: str, *,
+                        num: int = 6, seed: int = 0) -> str:
+  """Paper Fig. 1: un-augmented training patches, rows FFDM, MIP and MIP with HM."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import figures as data_figures  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  ffdm = data_figures.sample_patches(data_dir, "ffdm", cfg, num=num, seed=seed)
+  mip = data_figures.sample_patches(data_dir, "dbt", cfg, num=num, seed=seed,
+                                    hm_lut=pipeline.hm_lut_for(data_dir, "dbt", "ffdm"))
+  rows = (("FFDM", ffdm["plain"], ffdm["label"]), ("MIP", mip["plain"], mip["label"]),
+          ("MIP with HM", mip["plain+HM"], mip["label"]))
+  fig, axes = plt.subplots(len(rows), num, figsize=(1.6 * num, 1.75 * len(rows)), squeeze=False)
   try:
-    from mammo_tf.data import figures as data_figures  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    logging.warning("data figures unavailable: %s", e)
-    return
-  add("sample_patches", "sample_patches.png",
-      lambda p: data_figures.sample_patch_grid(data_dir, cfg, p))
+    for r, (name, patches, labels) in enumerate(rows):
+      for c in range(num):
+        ax = axes[r, c]
+        ax.imshow(patches[c], cmap="gray", vmin=0, vmax=config_lib.MAX_INTENSITY)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("positive" if labels[c] > 0.5 else "negative", fontsize=7)
+        if c == 0:
+          ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
+  return path
+
+
+def cumulative_histogram_figure(data_dir: str, path: str) -> str:
+  """Paper Fig. 2: average cumulative histograms of FFDM, MIP and HM-MIP (from cdf_*.npz)."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import figures as data_figures  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import schema  # pylint: disable=g-import-not-at-top
+  fig = data_figures.cdf_figure(cdf.load_cdf(schema.cdf_path(data_dir, "ffdm")),
+                                cdf.load_cdf(schema.cdf_path(data_dir, "dbt")))
+  try:
+    fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
+  return path
+
+
+def _data_figures(cfg, data_dir, workdir, add) -> None:
+  del workdir
+  add("sample_patches", "sample_patches.png", lambda p: sample_patch_figure(data_dir, cfg, p))
   add("cumulative_histograms", "cumulative_histograms.png",
-      lambda p: data_figures.cumulative_histogram_figure(data_dir, cfg, p))
+      lambda p: cumulative_histogram_figure(data_dir, p))
 
 
 def _policy_figures(cfg, workdir, add) -> None:
-  try:
-    from mammo_tf.training import policy  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    logging.warning("policy figures unavailable: %s", e)
+  del cfg
+  from mammo_tf.training import policy  # pylint: disable=g-import-not-at-top
+  paths = {run: os.path.join(run_dir(workdir, run), policy.POLICY_FILE)
+           for run in ("spottune", "spottune_hm")}
+  if all(os.path.exists(p) for p in paths.values()):
+    add("policy_comparison", "policy_comparison.png",
+        lambda p: policy.plot_policy_comparison(paths["spottune"], paths["spottune_hm"], p))
     return
-  for run in ("spottune", "spottune_hm"):
-    path = os.path.join(run_dir(workdir, run), "policy.json")
-    if os.path.exists(path):
+  for run, src in paths.items():
+    if os.path.exists(src):
       add(f"policy_{run}", f"policy_{run}.png",
-          lambda p, src=path, r=run: policy.plot_policy_file(src, p, title=(
+          lambda p, src=src, r=run: policy.plot_policy_file(src, p, title=(
               "SpotTune policy, MIP with HM" if r.endswith("_hm") else "SpotTune policy, MIP")))
 
 
