@@ -63,8 +63,11 @@ def main(argv):
     else:
       report = convert.run_conversion(FLAGS.manifest, FLAGS.out, cfg, seed=FLAGS.seed,
                                       workers=FLAGS.workers, salt=salt)
-  except (convert.ConversionError, privacy.SaltError, KeyError, ValueError, OSError) as e:
+  except (convert.ConversionError, privacy.SaltError, KeyError, ValueError) as e:
     logging.error("nothing converted: %s", e)
+    return convert.EXIT_NOTHING
+  except OSError as e:   # disk full, I/O error while writing: rerunning resumes
+    logging.error("conversion stopped: %s", e)
     return convert.EXIT_NOTHING
   if report.exit_code == convert.EXIT_PARTIAL:
     logging.warning("%d input(s) rejected, %d converted: see %s", report.num_errors,

@@ -274,6 +274,10 @@ def _atomic_write(path: str, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise OSError(e.errno, f"cannot write {path} ({e.strerror or e})") from e
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)

@@ -20,6 +20,7 @@ no files, so a missing class fails loudly in the input pipeline).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -102,14 +103,25 @@ def write_shard(out_dir: str, relpath: str, digest: str, state_dir: str,
   tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
   count = 0
   try:
-    with tf.io.TFRecordWriter(tmp) as w:
-      for serialized in examples:
-        w.write(serialized)
-        count += 1
-    dpath = _digest_path(state_dir, relpath)
-    os.makedirs(os.path.dirname(dpath), exist_ok=True)
-    _write_atomic(dpath, (digest + "\n").encode("ascii"))
-    os.replace(tmp, path)
+    try:
+      with tf.io.TFRecordWriter(tmp) as w:
+        for serialized in examples:
+          w.write(serialized)
+          count += 1
+      dpath = _digest_path(state_dir, relpath)
+      os.makedirs(os.path.dirname(dpath), exist_ok=True)
+      _write_atomic(dpath, (digest + "\n").encode("ascii"))
+      os.replace(tmp, path)
+    except (OSError, tf.errors.OpError) as e:
+      # Disk full, file-size limit, I/O error: one clear OSError (the caller's exit status 2).
+      if isinstance(e, OSError):
+        reason, code = e.strerror or str(e), e.errno or errno.EIO
+      else:  # TF's file errors carry the C library's text ("<path>; No space left on device")
+        reason = e.message.rpartition("; ")[2]
+        code = next((c for c in errno.errorcode if os.strerror(c) == reason), errno.EIO)
+      raise OSError(code,
+                    f"cannot write shard {relpath} ({reason}); no partial shard was left in "
+                    "place, free space and rerun to resume") from e
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)

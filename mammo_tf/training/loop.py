@@ -196,12 +196,17 @@ class Trainer:
     self.cfg = cfg
     self.strategy = strategy
     self.global_batch = cfg.data.batch_size
+    replicas = strategy.num_replicas_in_sync
+    if self.global_batch % replicas:
+      raise ValueError(f"data.batch_size={self.global_batch} is the global batch and must be a "
+                       f"multiple of the {replicas} replicas in sync (docs/distributed.md)")
     with strategy.scope():
       for group in job.groups:
         group.optimizer.build(group.variables)
       self.train_auc = keras.metrics.AUC(name="train_auc", num_thresholds=200)
     self._train_fn = self._make_train_fn()
     self._predict_fn = self._make_predict_fn()
+    self._sync_fn = self._make_sync_fn() if replicas > 1 else None
 
   # -- variables -------------------------------------------------------------------------------
 
@@ -254,6 +259,30 @@ class Trainer:
 
     return train_step
 
+  def _make_sync_fn(self):
+    """Averages the non-trainable float variables (BatchNorm moving statistics) over replicas.
+
+    Each replica updates the moving mean/variance from its own part of the global batch, so the
+    copies drift apart under `MirroredStrategy` / `MultiWorkerMirroredStrategy`. The moving
+    averages are linear in the batch statistics, so averaging the copies once per epoch gives the
+    moving averages of the replica-averaged batch statistics (what per-step syncing would give,
+    up to rounding) at one all-reduce per epoch. Frozen weights are identical on every replica
+    and stay so.
+    """
+    variables = [v for v in self.job.model.non_trainable_variables
+                 if tf.as_dtype(v.dtype).is_floating]
+    if not variables:
+      return None
+    strategy = self.strategy
+
+    @tf.function
+    def sync():
+      local = strategy.run(lambda: [tf.identity(v.value) for v in variables])
+      for v, value in zip(variables, local):
+        v.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
+
+    return sync
+
   def _make_predict_fn(self):
     model, gates = self.job.model, self.job.gates
 
@@ -272,7 +301,12 @@ class Trainer:
                   ) -> dict[str, float]:
     """Runs ``steps`` steps; returns mean loss, mean total loss and the training AUC."""
     self.train_auc.reset_state()
-    dist = self.strategy.experimental_distribute_dataset(dataset.take(steps))
+    # DATA sharding: every worker builds the same (seeded) stream of global batches and keeps its
+    # replicas' slices, so a multi-worker run sees exactly the batches of a single-device run.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dist = self.strategy.experimental_distribute_dataset(
+        dataset.take(steps).with_options(options))
     ce_sum, total_sum, n = 0.0, 0.0, 0
     for x, y in dist:
       if n == 0 and on_first_batch is not None:
@@ -285,6 +319,8 @@ class Trainer:
       n += 1
     if n == 0:
       raise ValueError("the training dataset produced no batch")
+    if self._sync_fn is not None:
+      self._sync_fn()
     return {"loss": ce_sum / n, "total_loss": total_sum / n,
             "train_auc": float(self.train_auc.result())}
 
