@@ -164,7 +164,9 @@ def summarize(per_seed: Mapping[int, Predictions], *, bootstrap_resamples: int =
 
   Keys: ``seeds``, ``aucs``, ``mean``, ``std`` (population, ``np.std(ddof=0)``), ``std_ddof``
   (0), ``std_sample`` (``ddof=1``), ``ci`` {low, high, level, num_resamples, num_valid, seed},
-  ``n_images``, ``n_patients``, ``n_positive``, ``n_negative``, ``roc`` {seed: {fpr, tpr}}.
+  ``n_images``, ``n_patients``, ``n_positive``, ``n_negative``, ``roc`` {seed: {fpr, tpr}},
+  ``note``. With one class only the AUC is undefined: AUCs, mean, std and CI are NaN, ``roc`` is
+  empty and ``note`` says why (no exception, so a study still finishes and reports it).
   """
   seeds = sorted(per_seed)
   if not seeds:
@@ -173,20 +175,30 @@ def summarize(per_seed: Mapping[int, Predictions], *, bootstrap_resamples: int =
   for s in seeds[1:]:
     if not np.array_equal(per_seed[s].image_id, first.image_id):
       raise ValueError(f"seed {s} scored a different set of images than seed {seeds[0]}")
-  aucs = [metrics.roc_auc(per_seed[s].labels, per_seed[s].scores) for s in seeds]
-  mean, std = metrics.mean_std(aucs, ddof=0)
-  _, std_sample = metrics.mean_std(aucs, ddof=1)
-  ci = metrics.patient_bootstrap_ci(
-      first.labels, np.stack([per_seed[s].scores for s in seeds]), first.patient,
-      num_resamples=bootstrap_resamples, level=level, seed=bootstrap_seed)
-  roc = {}
-  for s in seeds:
-    fpr, tpr, _ = metrics.roc_curve(per_seed[s].labels, per_seed[s].scores)
-    if fpr.size > max_roc_points:  # thin long curves for the JSON; keep both ends
-      keep = np.unique(np.linspace(0, fpr.size - 1, max_roc_points).round().astype(int))
-      fpr, tpr = fpr[keep], tpr[keep]
-    roc[str(s)] = {"fpr": [round(float(v), 6) for v in fpr],
-                   "tpr": [round(float(v), 6) for v in tpr]}
+  n_pos = int(first.labels.sum())
+  n_neg = int((first.labels == 0).sum())
+  if n_pos == 0 or n_neg == 0:
+    # The AUC is undefined; say so in the result instead of failing a whole study.
+    nan = float("nan")
+    ci = metrics.BootstrapInterval(nan, nan, level, bootstrap_resamples, 0, bootstrap_seed)
+    aucs, mean, std, std_sample, roc = [nan] * len(seeds), nan, nan, nan, {}
+    note = f"AUC undefined: {n_pos} positive and {n_neg} negative images"
+  else:
+    aucs = [metrics.roc_auc(per_seed[s].labels, per_seed[s].scores) for s in seeds]
+    mean, std = metrics.mean_std(aucs, ddof=0)
+    _, std_sample = metrics.mean_std(aucs, ddof=1)
+    ci = metrics.patient_bootstrap_ci(
+        first.labels, np.stack([per_seed[s].scores for s in seeds]), first.patient,
+        num_resamples=bootstrap_resamples, level=level, seed=bootstrap_seed)
+    roc = {}
+    note = ""
+    for s in seeds:
+      fpr, tpr, _ = metrics.roc_curve(per_seed[s].labels, per_seed[s].scores)
+      if fpr.size > max_roc_points:  # thin long curves for the JSON; keep both ends
+        keep = np.unique(np.linspace(0, fpr.size - 1, max_roc_points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+      roc[str(s)] = {"fpr": [round(float(v), 6) for v in fpr],
+                     "tpr": [round(float(v), 6) for v in tpr]}
   return {
       "seeds": [int(s) for s in seeds],
       "aucs": [float(a) for a in aucs],
@@ -197,9 +209,10 @@ def summarize(per_seed: Mapping[int, Predictions], *, bootstrap_resamples: int =
       "ci": dataclasses.asdict(ci),
       "n_images": int(first.labels.size),
       "n_patients": int(np.unique(first.patient).size),
-      "n_positive": int(first.labels.sum()),
-      "n_negative": int((first.labels == 0).sum()),
+      "n_positive": n_pos,
+      "n_negative": n_neg,
       "roc": roc,
+      "note": note,
   }
 
 
@@ -219,9 +232,11 @@ def evaluate_seeds(predictor: Callable[[np.ndarray], np.ndarray], data_dir: str,
     ds = pipeline.make_eval_dataset(data_dir, domain, split, cfg, int(seed), hm_lut=hm_lut)
     per_seed[int(seed)] = predict_batches(predictor, ds.as_numpy_iterator())
     if log:
-      auc = metrics.roc_auc(per_seed[int(seed)].labels, per_seed[int(seed)].scores)
+      p = per_seed[int(seed)]
+      auc = (metrics.roc_auc(p.labels, p.scores) if 0 < p.labels.sum() < p.labels.size
+             else float("nan"))
       log(f"{domain}/{split}{' +HM' if hm_lut is not None else ''} seed {seed}: "
-          f"{per_seed[int(seed)].labels.size} patches, AUC {auc:.4f}")
+          f"{p.labels.size} patches, AUC {auc:.4f}")
   result = summarize(per_seed, bootstrap_resamples=bootstrap_resamples,
                      bootstrap_seed=bootstrap_seed)
   result.update(domain=domain, split=split, hm=hm_lut is not None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -49,13 +50,26 @@ FIGURE_CAPTIONS = (
     ("policy_spottune", "SpotTune policy: fraction of validation patches routed to the fine-tuned copy "
                         "of each residual block, MIP (paper Fig. 3)."),
     ("policy_spottune_hm", "SpotTune policy, MIP with HM (paper Fig. 3)."),
-    ("roc_mip", "ROC curves of the FFDM model on MIP (one line per seed)."),
-    ("roc_hm", "ROC curves of the FFDM model on MIP with HM (one line per seed)."),
+    ("roc_mip", "ROC curves on MIP: the FFDM model tested only, fine-tuned and SpotTuned "
+                "(one line per seed)."),
+    ("roc_hm", "ROC curves on MIP with HM: the FFDM model tested only, fine-tuned and SpotTuned "
+               "(one line per seed)."),
 )
 
 
-def fmt_auc(mean: float, std: float) -> str:
+def _finite(v: Any) -> bool:
+  return _is_number(v) and math.isfinite(v)
+
+
+def fmt_auc(mean: float | None, std: float | None) -> str:
+  """``0.909 ± 0.001``; ``n/a`` when undefined (None or NaN, e.g. a one-class test set)."""
+  if not (_finite(mean) and _finite(std)):
+    return "n/a"
   return f"{mean:.3f} ± {std:.3f}"
+
+
+def _fmt(v: Any) -> str:
+  return f"{v:.3f}" if _finite(v) else "n/a"
 
 
 def table2(results: Mapping[str, Any]) -> Table:
@@ -64,9 +78,10 @@ def table2(results: Mapping[str, Any]) -> Table:
             "AUC per seed", "Images / patients (pos)", "Paper")
   rows = []
   for r in results["rows"]:
+    ci = (f"{_fmt(r['ci']['low'])}–{_fmt(r['ci']['high'])}"
+          if _finite(r["ci"]["low"]) else "n/a")
     rows.append((r["train_data"], r["test_data"], r["procedure"], fmt_auc(r["mean"], r["std"]),
-                 f"{r['ci']['low']:.3f}–{r['ci']['high']:.3f}",
-                 ", ".join(f"{a:.3f}" for a in r["aucs"]),
+                 ci, ", ".join(_fmt(a) for a in r["aucs"]),
                  f"{r['n_images']} / {r['n_patients']} ({r['n_positive']})",
                  fmt_auc(r["paper"]["mean"], r["paper"]["std"])))
   return Table(header, rows)
@@ -185,6 +200,10 @@ def build_blocks(results: Mapping[str, Any], data_summary: Mapping[str, Any] | N
       f"Config seed {results['seed']}, commit {commit}."))
   blocks.append(Heading("Table 2: ROC AUC"))
   blocks.append(table2(results))
+  notes = [f"{r['procedure']} on {r['test_data']}: {r['note']}" for r in results["rows"]
+           if r.get("note")]
+  if notes:
+    blocks.append(Paragraph("Note: " + "; ".join(notes) + "."))
   trainings = results.get("trainings") or {}
   if trainings:
     blocks.append(Heading("Trainings"))
@@ -228,7 +247,8 @@ def to_markdown(blocks: Sequence[Any]) -> str:
       out.append("|" + "|".join("---" for _ in b.header) + "|")
       out.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows)
     elif isinstance(b, Figure):
-      out.append(f"![{_md_cell(b.caption)}]({b.path})\n\n*{b.caption}*")
+      alt = os.path.splitext(os.path.basename(b.path))[0]
+      out.append(f"![{alt}]({b.path})\n\n*{b.caption}*")
     out.append("")
   return "\n".join(out)
 

@@ -40,6 +40,7 @@ import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
+import numpy as np
 
 from mammo_tf import config as config_lib
 from mammo_tf.evaluation import evaluate as evaluate_lib
@@ -85,14 +86,26 @@ ROWS = (
 
 # -- small helpers ---------------------------------------------------------------------------------
 
+def json_safe(obj: Any) -> Any:
+  """NaN / infinity -> None (strict JSON), recursively."""
+  if isinstance(obj, float):
+    return obj if np.isfinite(obj) else None
+  if isinstance(obj, Mapping):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  return obj
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON through a temp file + rename, so a crash never leaves a half-written file."""
+  """Writes strict JSON (NaN -> null) through a temp file + rename, so a crash never leaves a
+  half-written file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
+      json.dump(json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
       f.write("\n")
     os.replace(tmp, path)
   except BaseException:
@@ -245,6 +258,12 @@ def training_summary(workdir: str) -> dict[str, Any]:
 
 # -- evaluation -----------------------------------------------------------------------------------
 
+def _fmt(mean: Any, std: Any) -> str:
+  if mean is None or std is None or not np.isfinite(mean):
+    return "n/a"
+  return f"{mean:.4f} ± {std:.4f}"
+
+
 def eval_cache_path(workdir: str, row: Row) -> str:
   return os.path.join(workdir, EVAL_DIR, f"{row.key}.json")
 
@@ -280,8 +299,8 @@ def evaluate_rows(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
     key = _cache_key(row, model_stamp(directory), seeds, split, bootstrap_resamples)
     cached = cached_row(workdir, row, key)
     if cached is not None:
-      logging.info("row %d/%d %-14s cached: AUC %.4f ± %.4f", i + 1, len(rows), row.key,
-                   cached["mean"], cached["std"])
+      logging.info("row %d/%d %-14s cached: AUC %s", i + 1, len(rows), row.key,
+                   _fmt(cached["mean"], cached["std"]))
       results[row.key] = cached
       continue
     logging.info("row %d/%d %-14s evaluating %s on %s/%s%s, seeds %s", i + 1, len(rows),
@@ -297,9 +316,8 @@ def evaluate_rows(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
         bootstrap_seed=cfg.seed, log=logging.info)
     result["cache_key"] = key
     write_json_atomic(eval_cache_path(workdir, row), result)
-    logging.info("row %d/%d %-14s AUC %.4f ± %.4f (95%% CI %.3f-%.3f)", i + 1, len(rows),
-                 row.key, result["mean"], result["std"], result["ci"]["low"],
-                 result["ci"]["high"])
+    logging.info("row %d/%d %-14s AUC %s %s", i + 1, len(rows), row.key,
+                 _fmt(result["mean"], result["std"]), result.get("note", ""))
     results[row.key] = result
     evaluated.append(row.key)
   return results, evaluated
@@ -341,6 +359,7 @@ def make_figures(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
     if rel:
       figures[key] = rel
 
+  results = {k: v for k, v in results.items() if v.get("roc")}   # rows with a defined AUC
   for row in rows:
     if row.key in results:
       add(f"roc_{row.key}", f"roc_{row.key}.png",
@@ -354,7 +373,7 @@ def make_figures(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
       add(name[:-4], name,
           lambda p, rs=present: evaluate_lib.plot_roc_curves(
               [(r.procedure, results[r.key]) for r in rs], p,
-              title=f"FFDM model on {rs[0].test_data}"),
+              title=f"FFDM -> {rs[0].test_data}"),
           force=any(r.key in refresh_roc for r in present))
   _data_figures(cfg, data_dir, workdir, add)
   _policy_figures(cfg, workdir, add)
@@ -437,6 +456,7 @@ def row_summary(row: Row, result: Mapping[str, Any]) -> dict[str, Any]:
   for k in ("seeds", "aucs", "mean", "std", "std_ddof", "std_sample", "ci", "n_images",
             "n_patients", "n_positive", "n_negative"):
     out[k] = result[k]
+  out["note"] = result.get("note", "")
   return out
 
 
@@ -483,6 +503,7 @@ def run_study(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
       "trained_now": trained,
       "evaluated_now": evaluated,
   }
+  results = json_safe(results)   # the returned dict is what results.json holds
   write_json_atomic(os.path.join(workdir, "results.json"), results)
   report.write_report(workdir, results, load_data_summary(data_dir))
   logging.info("study complete: %s", os.path.join(workdir, "report.html"))

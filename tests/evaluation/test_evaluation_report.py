@@ -154,3 +154,22 @@ def test_generic_summary_layout():
   assert tables[0].rows == [("note", "x")]
   assert tables[1].header == ["", "n", "m"]
   assert tables[1].rows == [["a", "1", "2"], ["b", "3", ""]]
+
+
+def test_one_class_test_set_is_reported_not_fatal(tmp_path):
+  negatives = {s: _predictions(s) for s in (0, 1, 2)}
+  for p in negatives.values():
+    p.labels = np.zeros_like(p.labels)
+  res = evaluate.summarize(negatives, bootstrap_resamples=50)
+  assert np.isnan(res["mean"]) and all(np.isnan(a) for a in res["aucs"])
+  assert res["roc"] == {} and "0 positive and 40 negative" in res["note"]
+  results, _ = _results()
+  row = study.row_summary(study.ROWS[1], res)
+  results["rows"][1] = study.json_safe(row)
+  study.write_json_atomic(str(tmp_path / "r.json"), results)
+  loaded = study.read_json(str(tmp_path / "r.json"))
+  assert loaded["rows"][1]["mean"] is None and loaded["rows"][1]["aucs"] == [None] * 3
+  md_path, _ = report.write_report(str(tmp_path), loaded, None)
+  md = open(md_path).read()
+  assert "| FFDM | MIP | Test only | n/a | n/a | n/a, n/a, n/a |" in md
+  assert "AUC undefined: 0 positive and 40 negative images" in md
