@@ -26,7 +26,9 @@ _OVERRIDE = flags.DEFINE_multi_string("override", [], "Config overrides, section
 _DOMAIN = flags.DEFINE_enum("domain", "auto", ["auto", "ffdm", "dbt"], "Image domain.")
 _STRIDE = flags.DEFINE_integer("stride", None, "Window stride in stored pixels (default P/4).")
 _HM_LUT = flags.DEFINE_string("hm_lut", None, "Histogram matching: 'src.npz,ref.npz' or a "
-                              "converter output folder (cdf_dbt -> cdf_ffdm).")
+                              "converter output folder (cdf_dbt -> cdf_ffdm). For a .keras model "
+                              "trained on HM patches; an exported SavedModel of an HM run "
+                              "already carries the table: leave this off for it.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Windows per model call.")
 
 

@@ -112,14 +112,20 @@ def _counts_row(name: str, counts: Mapping[str, Any]) -> list[str]:
           + [str(classes.get(label, "")) for label in config_lib.LABELS])
 
 
+def _ordered(mapping: Mapping[str, Any], order: Sequence[str]) -> list[tuple[str, Any]]:
+  """Items in the canonical `order` first (e.g. ffdm, dbt; train, val, test), then the rest."""
+  rank = {k: i for i, k in enumerate(order)}
+  return sorted(mapping.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
 def table1(summary: Mapping[str, Any]) -> list[Any]:
   """Table 1 from the converter's summary.json: counts per domain and split, per class."""
   header = ["Domain / split"] + list(_COUNT_COLUMNS) + list(config_lib.LABELS)
   rows = []
-  for domain, counts in summary["domains"].items():
+  for domain, counts in _ordered(summary["domains"], config_lib.DOMAINS):
     name = {"ffdm": "FFDM", "dbt": "DBT (MIP)"}.get(domain, domain)
     rows.append(_counts_row(name, counts))
-    for split, split_counts in (counts.get("splits") or {}).items():
+    for split, split_counts in _ordered(counts.get("splits") or {}, config_lib.SPLITS):
       rows.append(_counts_row(f"  {name} {split}", split_counts))
   if isinstance(summary.get("total"), Mapping):
     rows.append(_counts_row("All images", summary["total"]))
