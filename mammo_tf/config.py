@@ -158,8 +158,8 @@ def _demo() -> ExperimentConfig:
       model=ModelConfig(stem_filters=16, stage_filters=(32, 64, 128),
                         policy_stem_filters=8, policy_stage_filters=(16, 32, 64),
                         policy_downsample=2),
-      train=TrainConfig(epochs=6, learning_rate=1e-3, finetune_epochs=3,
-                        finetune_learning_rate=1e-3, spottune_epochs=3,
+      train=TrainConfig(epochs=20, learning_rate=1e-3, finetune_epochs=6,
+                        finetune_learning_rate=1e-3, spottune_epochs=6,
                         spottune_learning_rate=3e-4),
       synthetic=SyntheticConfig(
           num_patients=160, ffdm_shape=(512, 416), dbt_shape=(512, 416),
