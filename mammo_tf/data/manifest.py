@@ -11,6 +11,12 @@ Unknown extra columns are ignored. A UTF-8 byte-order mark and whitespace around
 tolerated; ``domain``, ``label`` and ``split`` are case-insensitive, ``laterality`` and ``view`` are
 upper-cased. ``path`` is relative to the manifest's folder unless absolute.
 
+Path policy: a relative ``path`` must stay inside the manifest's folder once normalised (a path
+such as ``../../etc/passwd`` is a row error, "path escapes the manifest folder"), so a manifest
+handed over with its images cannot make the converter read files elsewhere. Absolute paths are
+the manifest author's explicit choice and are allowed (a hospital export often lists them); the
+check is lexical, so symbolic links inside the folder that the data owner placed are followed.
+
 File-level problems (missing/unreadable file, not UTF-8, no header, missing required columns) raise
 `ManifestError`. Row-level problems become `RowError`s (``where`` = the path as written in the
 manifest, ``reason``, and ``line``, the 1-based physical line) and the row is skipped; the rest of
@@ -150,6 +156,13 @@ def _parse_row(values: Mapping[str, str], base_dir: str, line: int) -> ManifestR
       raise ValueError(f"finding box has a non-positive size (roi_w={w:g}, roi_h={h:g})")
     box = (x, y, w, h)
   given = values["path"]
+  if "\x00" in given:
+    raise ValueError("path contains a NUL character")
+  if not os.path.isabs(given):
+    rel = os.path.normpath(given)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+      raise ValueError("path escapes the manifest folder (relative paths must stay inside it; "
+                       "give an absolute path to read elsewhere)")
   path = given if os.path.isabs(given) else os.path.join(base_dir, given)
   return ManifestRow(patient_id=values["patient_id"], exam_id=values["exam_id"],
                      image_id=values["image_id"], domain=domain, path=os.path.normpath(path),
