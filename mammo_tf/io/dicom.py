@@ -294,9 +294,11 @@ def _int_attr(path, ds: Dataset, keyword: str, default=None, *, required=True) -
     if required and default is None:
       _fail(path, f"missing {keyword}")
     return default
+  if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if len(value) != 1:
+      _fail(path, f"{keyword} has {len(value)} values, expected 1 (wrong value length?)")
+    value = value[0]
   try:
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-      value = value[0]
     return int(value)
   except (TypeError, ValueError):
     _fail(path, f"{keyword} is not an integer")

@@ -113,7 +113,7 @@ def make(out: str) -> dict:
   pos = full.index(struct.pack("<HH", 0x0028, 0x0010) + b"US", 132)   # Rows: US, 2 bytes
   open(f"{d}/wrong_us_length.dcm", "wb").write(   # 4 bytes long, 2 zero bytes inserted
       full[:pos + 6] + struct.pack("<H", 4) + full[pos + 8:pos + 10] + b"\0\0" + full[pos + 10:])
-  add("wrong_us_length.dcm", "cannot decode frame 0")
+  add("wrong_us_length.dcm", "Rows has 2 values, expected 1")
   # Huge declared dimensions: a 60000 x 60000 frame (7.2 GB) with 15 KB of pixel data.
   fac.write_ffdm(f"{d}/huge_dims.dcm", breast(5))
   _rewrite(f"{d}/huge_dims.dcm", Rows=60000, Columns=60000)
