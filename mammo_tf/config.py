@@ -158,11 +158,11 @@ def _demo() -> ExperimentConfig:
       model=ModelConfig(stem_filters=16, stage_filters=(32, 64, 128),
                         policy_stem_filters=8, policy_stage_filters=(16, 32, 64),
                         policy_downsample=2),
-      train=TrainConfig(epochs=20, learning_rate=1e-3, finetune_epochs=6,
-                        finetune_learning_rate=1e-3, spottune_epochs=6,
+      train=TrainConfig(epochs=40, learning_rate=1e-3, finetune_epochs=8,
+                        finetune_learning_rate=1e-3, spottune_epochs=8,
                         spottune_learning_rate=3e-4),
       synthetic=SyntheticConfig(
-          num_patients=160, ffdm_shape=(512, 416), dbt_shape=(512, 416),
+          num_patients=320, ffdm_shape=(512, 416), dbt_shape=(512, 416),
           dbt_slices=12, dbt_projections=9, dbt_angle_deg=30.0, dbt_share=0.55,
           dbt_only_share=0.05, phantom_layers=8, phantom_max_side=256))
 
