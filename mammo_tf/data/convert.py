@@ -451,15 +451,26 @@ def _errors_csv(errors: Sequence[manifest_lib.RowError]) -> bytes:
   return buf.getvalue().encode("utf-8")
 
 
+def _write_errors_if_possible(out_dir: str, errors: Sequence[manifest_lib.RowError]) -> None:
+  """Records why nothing could be converted in `errors.csv`, when the output folder allows it."""
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors))
+  except OSError:
+    pass  # the caller's ConversionError carries the reason anyway
+
+
 def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig, *,
                    seed: int, workers: int = 1, salt: bytes) -> ConversionReport:
   """The whole job (see the module docstring). Raises `ConversionError` if nothing can be done."""
   try:
     rows, manifest_errors = manifest_lib.read_manifest(manifest)
   except manifest_lib.ManifestError as e:
+    _write_errors_if_possible(out_dir, [manifest_lib.RowError(manifest, str(e))])
     raise ConversionError(str(e)) from None
   num_rows = len(rows) + len(manifest_errors)
   if not rows:
+    _write_errors_if_possible(out_dir, manifest_errors)
     raise ConversionError(f"{manifest}: no valid rows ({len(manifest_errors)} rejected)")
   cfg = dataclasses.replace(cfg, seed=int(seed))
   cache_dir = os.path.join(out_dir, CACHE_DIR)

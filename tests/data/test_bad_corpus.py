@@ -99,3 +99,7 @@ def test_non_utf8_manifest_is_a_file_level_error(corpus, tmp_path):
   assert p.returncode == 2
   assert corpus["expected"]["file_level"]["latin1.csv"] in p.stderr
   assert "Traceback" not in p.stderr
+  with open(tmp_path / "o" / "errors.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 1 and rows[0]["path"].endswith("latin1.csv")
+  assert corpus["expected"]["file_level"]["latin1.csv"] in rows[0]["reason"]
