@@ -117,27 +117,8 @@ def finalize(out_dir: str, cfg: config_lib.ExperimentConfig, seed: int, num_rows
       write_one_shard(out_dir, relpath, [])
 
   hist_by_image = dict(hists)
-  cdf_counts = {}
-  for d in config_lib.DOMAINS:
-    path = schema.cdf_path(out_dir, d)
-    train = [(m["image"], m["label"]) for m in ok if m["domain"] == d and m["split"] == "train"]
-    if not train:
-      if os.path.exists(path):
-        os.unlink(path)
-      cdf_counts[d] = 0
-      continue
-    num = cfg.data.cdf_samples_ffdm if d == "ffdm" else cfg.data.cdf_samples_dbt
-    chosen = sorted(convert.stratified_sample(train, num, seed, d))
-    avg = cdf_lib.average_cdf([convert.cdf_from_histogram(hist_by_image[h]) for h in chosen])
-    cdf_lib.save_cdf(path, avg, domain=d, num_images=len(chosen))
-    cdf_counts[d] = len(chosen)
-
-  summary = convert.build_summary(ok, cfg=cfg, seed=seed, num_rows=num_rows,
-                                  num_errors=len(errors), cdf_counts=cdf_counts)
-  # pylint: disable=protected-access
-  convert._atomic_write(os.path.join(out_dir, convert.ERRORS), convert._errors_csv(errors))
-  convert._atomic_write(os.path.join(out_dir, convert.SUMMARY),
-                        (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+  summary = convert.write_cdfs_and_reports(out_dir, ok, errors, hist_by_image.__getitem__,
+                                           cfg=cfg, seed=seed, num_rows=num_rows)
   return summary
 
 

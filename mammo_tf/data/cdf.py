@@ -13,11 +13,11 @@ does). With one source and one reference image this reproduces `match_histograms
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from mammo_tf.config import NUM_LEVELS
+from mammo_tf.io import files
 
 
 def image_cdf(image: np.ndarray, mask: np.ndarray | None = None,
@@ -77,18 +77,9 @@ def kolmogorov_distance(cdf_a: np.ndarray, cdf_b: np.ndarray) -> float:
 
 def save_cdf(path: str, cdf: np.ndarray, *, domain: str, num_images: int) -> None:
   """Writes `cdf_<domain>.npz` atomically (temp file + rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-cdf-", suffix=".npz", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, cdf=np.asarray(cdf, np.float64), domain=np.array(domain),
-               num_images=np.array(num_images, np.int64))
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write_with(path, lambda f: np.savez(
+      f, cdf=np.asarray(cdf, np.float64), domain=np.array(domain),
+      num_images=np.array(num_images, np.int64)))
 
 
 def load_cdf(path: str) -> np.ndarray:

@@ -44,10 +44,9 @@ import io
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 import zlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from absl import logging
@@ -60,6 +59,7 @@ from mammo_tf.data import privacy
 from mammo_tf.data import schema
 from mammo_tf.data import writer
 from mammo_tf.io import dicom
+from mammo_tf.io import files
 
 CACHE_DIR = ".cache"
 CACHE_VERSION = 1
@@ -268,20 +268,7 @@ def cache_key(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Experim
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=writer.TMP_PREFIX, dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except OSError as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise OSError(e.errno, f"cannot write {path} ({e.strerror or e})") from e
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+_atomic_write = files.atomic_write
 
 
 def _write_meta(path: str, meta: dict, hist: np.ndarray | None) -> None:
@@ -451,6 +438,39 @@ def _errors_csv(errors: Sequence[manifest_lib.RowError]) -> bytes:
   return buf.getvalue().encode("utf-8")
 
 
+def write_cdfs_and_reports(out_dir: str, ok: Sequence[dict], errors: Sequence,
+                           histogram_of: Callable[[str], np.ndarray], *,
+                           cfg: config_lib.ExperimentConfig, seed: int, num_rows: int) -> dict:
+  """Writes `cdf_<domain>.npz`, `errors.csv` and `summary.json`; returns the summary.
+
+  Shared by the local and the Beam runner. `ok` holds the converted images' metadata (keys
+  image, domain, split, label, ...); `histogram_of(image_hash)` returns an image's breast-pixel
+  histogram. The average c.d.f. of each domain is taken over a class-stratified sample of its
+  training images (`stratified_sample`), in a fixed order, so both runners write the same bytes.
+  """
+  cdf_counts = {}
+  for d in config_lib.DOMAINS:
+    path = schema.cdf_path(out_dir, d)
+    train = [(e["image"], e["label"]) for e in ok if e["domain"] == d and e["split"] == "train"]
+    if not train:
+      if os.path.exists(path):
+        os.unlink(path)
+      cdf_counts[d] = 0
+      continue
+    num = cfg.data.cdf_samples_ffdm if d == "ffdm" else cfg.data.cdf_samples_dbt
+    chosen = sorted(stratified_sample(train, num, seed, d))
+    avg = cdf_lib.average_cdf([cdf_from_histogram(histogram_of(h)) for h in chosen])
+    cdf_lib.save_cdf(path, avg, domain=d, num_images=len(chosen))
+    cdf_counts[d] = len(chosen)
+    logging.info("%s: average c.d.f. over %d training images", d, len(chosen))
+
+  summary = build_summary(ok, cfg=cfg, seed=seed, num_rows=num_rows, num_errors=len(errors),
+                          cdf_counts=cdf_counts)
+  _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors))
+  files.atomic_write_json(os.path.join(out_dir, SUMMARY), summary)
+  return summary
+
+
 def _write_errors_if_possible(out_dir: str, errors: Sequence[manifest_lib.RowError]) -> None:
   """Records why nothing could be converted in `errors.csv`, when the output folder allows it."""
   try:
@@ -542,30 +562,9 @@ def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig
   written, skipped = writer.write_all(out_dir, plan, state_dir, load, drop)
   logging.info("shards: %d written, %d already complete", written, skipped)
 
-  # Average c.d.f.s over a class-stratified sample of training images.
-  cdf_counts = {}
-  for d in config_lib.DOMAINS:
-    path = schema.cdf_path(out_dir, d)
-    train = [(e["image"], e["label"]) for e in ok if e["domain"] == d and e["split"] == "train"]
-    if not train:
-      if os.path.exists(path):
-        os.unlink(path)
-      cdf_counts[d] = 0
-      continue
-    num = cfg.data.cdf_samples_ffdm if d == "ffdm" else cfg.data.cdf_samples_dbt
-    chosen = set(stratified_sample(train, num, seed, d))
-    keys = sorted((e["image"], e["key"]) for e in ok if e["image"] in chosen)
-    avg = cdf_lib.average_cdf(
-        [cdf_from_histogram(_read_hist(os.path.join(cache_dir, k + ".meta"))) for _, k in keys])
-    cdf_lib.save_cdf(path, avg, domain=d, num_images=len(keys))
-    cdf_counts[d] = len(keys)
-    logging.info("%s: average c.d.f. over %d training images", d, len(keys))
-
-  summary = build_summary(ok, cfg=cfg, seed=seed, num_rows=num_rows, num_errors=len(errors),
-                          cdf_counts=cdf_counts)
-  _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors))
-  _atomic_write(os.path.join(out_dir, SUMMARY),
-                (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+  hist_paths = {e["image"]: os.path.join(cache_dir, e["key"] + ".meta") for e in ok}
+  summary = write_cdfs_and_reports(out_dir, ok, errors, lambda h: _read_hist(hist_paths[h]),
+                                   cfg=cfg, seed=seed, num_rows=num_rows)
   logging.info("done: %d images converted, %d rejected (see %s)", len(ok), len(errors), ERRORS)
   return ConversionReport(out_dir=out_dir, num_rows=num_rows, num_converted=len(ok),
                           errors=errors, summary=summary)

@@ -29,8 +29,9 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import tensorflow as tf
 
 from mammo_tf.data import schema
+from mammo_tf.io import files
 
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = files.TMP_PREFIX  # one prefix for every atomic write, swept on resume
 _SHARD_RE = re.compile(r"^(train|val|test)-(pos|neg)-\d{5}-of-\d{5}\.tfrecord$")
 
 

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -44,6 +43,7 @@ import numpy as np
 
 from mammo_tf import config as config_lib
 from mammo_tf.evaluation import evaluate as evaluate_lib
+from mammo_tf.io import files
 
 RUNS = ("base", "finetune", "finetune_hm", "spottune", "spottune_hm")
 DONE_FILE = "done.json"
@@ -100,32 +100,11 @@ def json_safe(obj: Any) -> Any:
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes strict JSON (NaN -> null) through a temp file + rename, so a crash never leaves a
   half-written file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write_json(path, json_safe(obj), indent=1, allow_nan=False)
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write(path, text)
 
 
 def read_json(path: str) -> Any:

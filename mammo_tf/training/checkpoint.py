@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
+
+from mammo_tf.io import files
 
 STATE_FILE = "state.npz"
 
@@ -34,18 +35,8 @@ def save_state(backup_dir: str, model_variables: Sequence, optimizer_variables: 
   for i, value in enumerate(_values(optimizer_variables)):
     arrays[f"opt_{i:05d}"] = value
   arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=backup_dir)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    path = os.path.join(backup_dir, STATE_FILE)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  path = os.path.join(backup_dir, STATE_FILE)
+  files.atomic_write_with(path, lambda f: np.savez(f, **arrays), fsync=True)
   return path
 
 

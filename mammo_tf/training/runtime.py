@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from typing import Any, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from mammo_tf.io import files
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
@@ -82,18 +83,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to ``path`` through a temporary file and a rename (never a half-written file)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write_json(path, obj, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
