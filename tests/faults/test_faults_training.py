@@ -6,45 +6,29 @@ command, killed the same way one epoch later, and restarted again. It must resum
 completed epoch each time and end with the history (losses, AUCs), ``done.json`` and checkpoint
 (weights, BatchNorm statistics, Adam state) of an uninterrupted run, bit for bit.
 """
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from tests import tfrecord_factory
+from tests import train_runs
 from tests.training.conftest import tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = train_runs.REPO
 EPOCHS = 4
 KILL_SEED = 3
 
 
 def _command(data_dir, workdir):
-  return [sys.executable, "-m", "train.train_base", "--data", data_dir, "--workdir", workdir,
-          "--preset", "tiny", "--seed", "11", "--epochs", str(EPOCHS), "--deterministic",
-          "--override", "data.samples_per_epoch=64", "--override", "data.batch_size=8",
-          "--override", "data.eval_batch_size=16"]
+  return train_runs.command(data_dir, workdir, seed=11, epochs=EPOCHS, samples_per_epoch=64)
 
 
-def _env():
-  return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-
-
-def _next_epoch(state):
-  try:
-    with np.load(state) as data:
-      return int(json.loads(bytes(data["meta"]).decode())["next_epoch"])
-  except (OSError, ValueError, KeyError):
-    return 0
-
-
-def _metrics(history):
-  return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+_env = train_runs.env
+_next_epoch = train_runs.next_epoch
 
 
 @pytest.mark.slow
@@ -81,18 +65,4 @@ def test_two_mid_epoch_kills_then_rerun_matches_a_clean_run(tmp_path):
   assert f"resuming {work} from epoch 3" in final.stderr
   assert clean.wait(timeout=400) == 0
 
-  def load(workdir):
-    with np.load(os.path.join(workdir, "backup", "state.npz")) as data:
-      arrays = {k: data[k] for k in data.files if k != "meta"}
-    history = json.load(open(os.path.join(workdir, "history.json")))
-    done = json.load(open(os.path.join(workdir, "done.json")))
-    return arrays, history, done
-
-  a_arrays, a_history, a_done = load(clean_dir)
-  b_arrays, b_history, b_done = load(work)
-  assert len(a_history) == EPOCHS and _metrics(a_history) == _metrics(b_history)
-  assert a_done == b_done
-  assert sorted(a_arrays) == sorted(b_arrays)
-  for key in a_arrays:
-    np.testing.assert_array_equal(a_arrays[key], b_arrays[key], err_msg=key)
-  assert not [n for n in os.listdir(os.path.join(work, "backup")) if n.startswith(".tmp-")]
+  train_runs.assert_runs_identical(clean_dir, work, EPOCHS)
