@@ -292,7 +292,9 @@ class Trainer:
         return {"probability": probability_of(prob), "gates": tf.cast(g, tf.float32)}
       return {"probability": probability_of(model(x, training=False))}
 
-    return tf.function(predict, jit_compile=bool(self.cfg.train.xla))
+    # reduce_retracing: the last evaluation batch is smaller; trace one shape-generic graph for it
+    # instead of one per batch size.
+    return tf.function(predict, jit_compile=bool(self.cfg.train.xla), reduce_retracing=True)
 
   # -- epochs ----------------------------------------------------------------------------------
 
