@@ -24,6 +24,10 @@ _PRESET = flags.DEFINE_string("preset", "demo", "Config preset: tiny, demo or pa
 _SEED = flags.DEFINE_integer("seed", None, "Experiment seed (default: the preset's).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Config overrides, section.field=value.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (patients).")
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", True,
+    "tf.config.experimental.enable_op_determinism: the same seed gives the same table, bit for "
+    "bit (on CPU at little cost; turn off on GPUs for speed).")
 
 
 def main(argv):
@@ -33,6 +37,9 @@ def main(argv):
     overrides.append(f"seed={_SEED.value}")
   cfg = config_lib.get_config(_PRESET.value, overrides)
   logging.set_verbosity(logging.INFO)
+  if _DETERMINISTIC.value:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.enable_op_determinism()
   results = study.run_study(cfg, _DATA.value, _WORKDIR.value,
                             bootstrap_resamples=_BOOTSTRAP.value)
   print()

@@ -167,3 +167,21 @@ def test_finished_study_rerun_recomputes_nothing_and_savedmodel_agrees(finished_
   row = [r for r in saved["rows"] if r["key"] == "hm_spottune"][0]
   np.testing.assert_allclose(sm["aucs"], row["aucs"], atol=1e-6)
   assert os.path.isfile(str(tmp_path / "sm_roc.png"))
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_table_bit_for_bit(tmp_path):
+  """`eval.table2` (op determinism on by default) run twice from scratch: identical rows."""
+  cfg = config.get_config("tiny", OVERRIDES)
+  data_dir = tfrecord_factory.write_dataset(tmp_path, cfg=cfg, num_images_per_class=4)
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  rows = []
+  for run in ("a", "b"):
+    cmd = [sys.executable, "-m", "eval.table2", "--data", data_dir, "--workdir",
+           str(tmp_path / run), "--preset", "tiny", "--bootstrap", "50"]
+    cmd += [f"--override={k}={v}" for k, v in OVERRIDES.items()]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows.append(json.load(open(tmp_path / run / "results.json"))["rows"])
+  assert len(rows[0]) == 7
+  assert rows[0] == rows[1]
