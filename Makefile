@@ -26,7 +26,11 @@ test-fast: install
 
 demo: install
 	$(PY) -m data_prep.make_synthetic_cohort --out $(DEMO)/cohort --preset demo --seed $(SEED)
-	$(PY) -m data_prep.convert --manifest $(DEMO)/cohort/manifest.csv --out $(DEMO)/tfrecords --preset demo --seed $(SEED) --workers 2 || [ $$? -eq 1 ]
+	@# The synthetic cohort has no real patients, so its id-hashing salt is a fixed public string:
+	@# the same seed then gives the same shards, and the same table, on every machine. Real data
+	@# keeps the default (a random secret salt in <out>/.salt) or --salt_file.
+	printf 'mammo_tf synthetic demo cohort: public salt\n' > $(DEMO)/cohort/demo.salt
+	$(PY) -m data_prep.convert --manifest $(DEMO)/cohort/manifest.csv --out $(DEMO)/tfrecords --preset demo --seed $(SEED) --workers 2 --salt_file $(DEMO)/cohort/demo.salt || [ $$? -eq 1 ]
 	$(PY) -m eval.table2 --data $(DEMO)/tfrecords --workdir $(DEMO)/study --preset demo --seed $(SEED)
 
 bench: install

@@ -158,16 +158,47 @@ def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str 
   return out
 
 
-def check_study_config(cfg: config_lib.ExperimentConfig, workdir: str) -> None:
-  """Writes W/study_config.json, or checks that a resumed study uses the same config."""
+def data_fingerprint(data_dir: str) -> str:
+  """A short hash of a converter output folder: its c.d.f.s, summary and shard contents.
+
+  Shard contents are taken from the converter's per-shard content digests
+  (``.cache/shards/<domain>/*.digest``) when present, else from each shard's name and size.
+  Reconverting the data (new cohort, new salt, new config) changes it.
+  """
+  h = hashlib.sha256()
+  for name in ("summary.json", "cdf_ffdm.npz", "cdf_dbt.npz"):
+    path = os.path.join(data_dir, name)
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+  for domain in config_lib.DOMAINS:
+    shard_dir = os.path.join(data_dir, domain)
+    if not os.path.isdir(shard_dir):
+      continue
+    for name in sorted(os.listdir(shard_dir)):
+      digest = os.path.join(data_dir, ".cache", "shards", domain, name + ".digest")
+      if os.path.exists(digest):
+        with open(digest, "rb") as f:
+          h.update(f"{domain}/{name}".encode() + b"\0" + f.read().strip())
+      else:
+        size = os.path.getsize(os.path.join(shard_dir, name))
+        h.update(f"{domain}/{name}\0{size}".encode())
+  return h.hexdigest()[:16]
+
+
+def check_study_config(cfg: config_lib.ExperimentConfig, workdir: str,
+                       data_dir: str | None = None) -> None:
+  """Writes W/study_config.json, or checks that a resumed study uses the same config and data."""
   path = os.path.join(workdir, "study_config.json")
   current = json.loads(config_lib.to_json(cfg))
+  if data_dir is not None:
+    current["data_fingerprint"] = data_fingerprint(data_dir)
   if os.path.exists(path):
     diffs = _config_differences(read_json(path), current)
     if diffs:
       raise ValueError(
           f"{workdir} holds a study with a different config ({'; '.join(diffs[:8])}); "
-          "use a new --workdir or the same preset and overrides")
+          "use a new --workdir, or the same data, preset and overrides")
     return
   write_json_atomic(path, current)
 
@@ -460,7 +491,7 @@ def run_study(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
   """
   from mammo_tf.evaluation import report  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
-  check_study_config(cfg, workdir)
+  check_study_config(cfg, workdir, data_dir)
   logging.info("study in %s: preset %s, seed %d, data %s", workdir, cfg.name, cfg.seed, data_dir)
   trained = ensure_trainings(cfg, data_dir, workdir, trainers or default_trainers())
   row_results, evaluated = evaluate_rows(cfg, data_dir, workdir, split=split,

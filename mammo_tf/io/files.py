@@ -24,6 +24,7 @@ def atomic_write_with(path: str, write: Callable[[IO[bytes]], None], *,
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
   try:
+    os.fchmod(fd, _default_mode())  # mkstemp makes 0600; outputs get the usual permissions
     with os.fdopen(fd, "wb") as f:
       write(f)
       if fsync:
@@ -36,6 +37,13 @@ def atomic_write_with(path: str, write: Callable[[IO[bytes]], None], *,
     if isinstance(e, OSError) and not str(e).startswith("cannot write"):
       raise OSError(e.errno, f"cannot write {path} ({e.strerror or e})") from e
     raise
+
+
+def _default_mode() -> int:
+  """0o666 less the process umask (what `open(path, "w")` would give)."""
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return 0o666 & ~umask
 
 
 def atomic_write(path: str, data: bytes | str) -> None:

@@ -185,3 +185,17 @@ def test_same_seed_gives_the_same_table_bit_for_bit(tmp_path):
     rows.append(json.load(open(tmp_path / run / "results.json"))["rows"])
   assert len(rows[0]) == 7
   assert rows[0] == rows[1]
+
+
+def test_a_study_refuses_other_data_in_the_same_workdir(tmp_path):
+  cfg = config.get_config("tiny", OVERRIDES)
+  a = tfrecord_factory.write_dataset(tmp_path / "a", cfg=cfg, num_images_per_class=2, seed=0)
+  b = tfrecord_factory.write_dataset(tmp_path / "b", cfg=cfg, num_images_per_class=2, seed=1)
+  assert study.data_fingerprint(a) == study.data_fingerprint(a)
+  assert study.data_fingerprint(a) != study.data_fingerprint(b)
+  workdir = str(tmp_path / "W")
+  os.makedirs(workdir)
+  study.check_study_config(cfg, workdir, a)
+  study.check_study_config(cfg, workdir, a)           # same data: resumes
+  with pytest.raises(ValueError, match="data_fingerprint"):
+    study.check_study_config(cfg, workdir, b)
