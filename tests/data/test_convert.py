@@ -23,6 +23,7 @@ from mammo_tf.data import convert
 from mammo_tf.data import manifest as manifest_lib
 from mammo_tf.data import schema
 from mammo_tf.data import writer
+from tests import trees
 from tests import dicom_factory as fac
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -176,15 +177,7 @@ def cohort(tmp_path_factory):
           "report": report, "salt_file": salt_file}
 
 
-def _tree(root):
-  """{relative path: bytes} of every file under root."""
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      p = os.path.join(dirpath, name)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, root)] = f.read()
-  return out
+_tree = trees.tree_bytes
 
 
 def _records(out, domain):

@@ -27,6 +27,7 @@ import tensorflow as tf
 from mammo_tf import config as config_lib
 from mammo_tf.data import convert
 from mammo_tf.data import writer
+from tests import trees
 from tests import dicom_factory as fac
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,14 +77,7 @@ def cohort(tmp_path_factory):
           "reference": _tree(clean)}
 
 
-def _tree(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      p = os.path.join(dirpath, name)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, root)] = f.read()
-  return out
+_tree = trees.tree_bytes
 
 
 def _args(cohort, out):
