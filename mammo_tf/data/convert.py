@@ -133,6 +133,8 @@ def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Exp
   """One manifest row -> a record for `schema.encode_example` (see the module docstring)."""
   data = cfg.data
   image, meta = dicom.read_image(row.path, row.domain, apply_voi_lut=data.apply_voi_lut)
+  if row.rotate == 180:  # the manifest's `rotate`: into the frame the box was drawn in
+    image = np.ascontiguousarray(image[::-1, ::-1])
   laterality = row.laterality or (meta.laterality or "")
   view = row.view or (meta.view or "")
   original_shape = tuple(image.shape)
@@ -263,7 +265,8 @@ def cache_key(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Experim
       CACHE_VERSION, schema.SCHEMA_VERSION, privacy.salt_fingerprint(salt),
       [d.downsample, d.mask_downsample, d.image_codec, d.canonical_laterality, d.apply_voi_lut],
       [row.patient_id, row.exam_id, row.image_id, row.domain, row.path, row.label, row.laterality,
-       row.view, list(row.box) if row.box else None], split, _input_fingerprint(row.path),
+       row.view, list(row.box) if row.box else None] + ([row.rotate] if row.rotate else []),
+      split, _input_fingerprint(row.path),
   ], sort_keys=True)
   return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
 
@@ -504,6 +507,10 @@ def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig
   writer.remove_temp_files(cache_dir)
   logging.info("manifest: %d rows, %d valid, %d rejected", num_rows, len(rows),
                len(manifest_errors))
+  unboxed = sum(1 for r in rows if r.positive and r.box is None)
+  if unboxed:
+    logging.warning("%d positive row(s) have no finding box: their training patches are random "
+                    "in-breast windows (a noisy label)", unboxed)
 
   splits = manifest_lib.assign_splits(rows, seed, cfg.data.split_fractions)
   keyed = [(r, splits[r.patient_id], cache_key(r, splits[r.patient_id], cfg, salt)) for r in rows]

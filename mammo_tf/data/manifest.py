@@ -5,7 +5,9 @@ Manifest columns (header names are matched after stripping whitespace, case-inse
 * required: ``patient_id, exam_id, image_id, domain, path, label``
 * optional: ``laterality`` (L|R or empty: taken from the DICOM), ``view``, ``roi_x, roi_y, roi_w,
   roi_h`` (finding box in original pixels, all four or none, positive size; for DBT on the MIP
-  plane), ``split`` (train|val|test overrides the computed split for the row's *patient*).
+  plane), ``split`` (train|val|test overrides the computed split for the row's *patient*),
+  ``rotate`` (0 or 180, empty = 0: the reader turns the image, for DBT the MIP, by that many
+  degrees before anything else, so that it lies in the frame the box was drawn in).
 
 Unknown extra columns are ignored. A UTF-8 byte-order mark and whitespace around values are
 tolerated; ``domain``, ``label`` and ``split`` are case-insensitive, ``laterality`` and ``view`` are
@@ -49,7 +51,8 @@ from mammo_tf import config as config_lib
 
 REQUIRED_COLUMNS = ("patient_id", "exam_id", "image_id", "domain", "path", "label")
 ROI_COLUMNS = ("roi_x", "roi_y", "roi_w", "roi_h")
-OPTIONAL_COLUMNS = ("laterality", "view") + ROI_COLUMNS + ("split",)
+OPTIONAL_COLUMNS = ("laterality", "view") + ROI_COLUMNS + ("split", "rotate")
+ROTATIONS = (0, 180)
 LATERALITIES = ("L", "R")
 
 
@@ -99,6 +102,7 @@ class ManifestRow:
   split: str = ""
   line: int = 0
   given_path: str = ""
+  rotate: int = 0   # degrees (0 | 180) the reader turns the image before anything else
 
   @property
   def positive(self) -> bool:
@@ -155,6 +159,9 @@ def _parse_row(values: Mapping[str, str], base_dir: str, line: int) -> ManifestR
     if w <= 0 or h <= 0:
       raise ValueError(f"finding box has a non-positive size (roi_w={w:g}, roi_h={h:g})")
     box = (x, y, w, h)
+  rotate_text = values.get("rotate", "") or "0"
+  if rotate_text not in ("0", "180"):
+    raise ValueError(f"rotate {rotate_text[:10]!r} is not 0 or 180")
   given = values["path"]
   if "\x00" in given:
     raise ValueError("path contains a NUL character")
@@ -167,7 +174,7 @@ def _parse_row(values: Mapping[str, str], base_dir: str, line: int) -> ManifestR
   return ManifestRow(patient_id=values["patient_id"], exam_id=values["exam_id"],
                      image_id=values["image_id"], domain=domain, path=os.path.normpath(path),
                      label=label, laterality=laterality, view=view, box=box, split=split,
-                     line=line, given_path=given)
+                     line=line, given_path=given, rotate=int(rotate_text))
 
 
 def read_manifest(path: str) -> tuple[list[ManifestRow], list[RowError]]:
