@@ -31,6 +31,7 @@ DOMAINS = ("ffdm", "dbt")
 SPLITS = ("train", "val", "test")
 MAX_INTENSITY = 4095  # 12-bit scale of the paper's Fig. 2
 NUM_LEVELS = MAX_INTENSITY + 1
+AUGMENT_ON = ("host", "device")   # data.augment_on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,9 @@ class SyntheticConfig:
   benign_box_share: float = 0.5              # benign findings that carry a box
   phantom_layers: int = 8                    # tissue slabs through the compressed thickness
   phantom_max_side: int = 256                # tissue grid long side (texture resolution cap)
+  # "all": each patient drawn from every fake vendor (a multi-site robustness setting);
+  # "single": one site, one FFDM system and a DBT system of the same manufacturer (the paper).
+  vendors: str = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +83,15 @@ class DataConfig:
   samples_per_epoch: int = 40000
   eval_batch_size: int = 64
   reuse: int = 1                              # patches cut from one decoded image (1 = paper)
+  # Where the training augmentation runs: "host" (tf.data cuts the finished patch) or "device"
+  # (tf.data cuts a window, the train step's DeviceAugment layer transforms it; same patches).
+  augment_on: str = "host"
   shuffle_buffer: int = 256
   eval_seeds: tuple[int, ...] = (0, 1, 2)
+
+  def __post_init__(self):
+    if self.augment_on not in AUGMENT_ON:
+      raise ValueError(f"data.augment_on={self.augment_on!r}: expected one of {AUGMENT_ON}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +175,7 @@ def _demo() -> ExperimentConfig:
       synthetic=SyntheticConfig(
           num_patients=320, ffdm_shape=(512, 416), dbt_shape=(512, 416),
           dbt_slices=12, dbt_projections=9, dbt_angle_deg=30.0, dbt_share=0.55,
-          dbt_only_share=0.05, phantom_layers=8, phantom_max_side=256))
+          dbt_only_share=0.05, phantom_layers=8, phantom_max_side=256, vendors="single"))
 
 
 def _tiny() -> ExperimentConfig:

@@ -204,6 +204,153 @@ def _splat(block: np.ndarray, pts: np.ndarray, weights: np.ndarray) -> None:
         np.add.at(block, (iz[ok], iy[ok], ix[ok]), w[ok].astype(np.float32))
 
 
+_MASS_KINDS = ("spiculated", "irregular", "mass_calc", "circumscribed", "subtle")
+_CALC_KINDS = ("calc_cluster", "mass_calc", "scattered_calc")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+  """Voxel grid of a finding: planes along z, square in-plane at full image resolution."""
+  half: int                 # in-plane half side (pixels)
+  dz_planes: np.ndarray     # plane heights relative to the finding's centre (mm)
+  dzp: float                # plane spacing (mm)
+  zspan: float              # total height (mm)
+  spacing: float            # in-plane pixel spacing (mm)
+
+
+def _lesion_kind(rng: np.random.Generator, label: str) -> str:
+  u = rng.uniform()
+  if label == "malignant":
+    return "spiculated" if u < 0.35 else ("irregular" if u < 0.6 else ("calc_cluster" if u < 0.85
+                                                                        else "mass_calc"))
+  if label == "benign":
+    return "circumscribed" if u < 0.65 else "scattered_calc"
+  return "subtle"
+
+
+def _lesion_size(rng: np.random.Generator, kind: str, scale: float) -> tuple[float, float]:
+  """(radius mm, contrast as a multiple of gland - fat; 0 for calcifications only)."""
+  if kind in ("spiculated", "irregular", "mass_calc"):
+    return rng.uniform(4.5, 11.0) * scale, rng.uniform(1.0, 1.7)
+  if kind == "circumscribed":
+    return rng.uniform(4.0, 10.0) * scale, rng.uniform(0.9, 1.5)
+  if kind == "subtle":
+    return rng.uniform(3.5, 6.0) * scale, rng.uniform(0.8, 1.3)
+  if kind == "calc_cluster":
+    return rng.uniform(3.0, 7.0) * scale, 0.0
+  return rng.uniform(8.0, 16.0) * scale, 0.0  # scattered_calc
+
+
+def _lesion_position(rng: np.random.Generator, b: BreastShape, shape: tuple[int, int],
+                     spacing: float, extent: float, radius: float) -> tuple[float, float, float]:
+  """(x, y, z) mm inside the inner part of the breast, away from skin and pectoral muscle."""
+  for _ in range(200):
+    px = rng.uniform(0.12, 0.8) * b.depth
+    py = b.centre + b.tilt * px + rng.uniform(-0.7, 0.7) * b.half_height
+    r = float(elliptic_radius(b, np.float32(px), np.float32(py)))
+    pec = float(pectoral_mask(b, np.float32(px), np.float32(py)))
+    if r < 0.72 and pec == 0.0 and py - extent > 0 and py + extent < shape[0] * spacing:
+      break
+  zmax = max(b.thickness / 2 - b.skin - radius, 0.5)
+  return px, py, rng.uniform(-zmax, zmax) * 0.8
+
+
+def _block_grid(kind: str, radius: float, extent: float, spacing: float, max_planes: int
+                ) -> _Block:
+  half = int(np.ceil(extent / spacing)) + 3
+  planes = int(min(max_planes, max(5, 2 * np.ceil(radius * 1.2 / spacing) + 1)))
+  zspan = 2.4 * radius if kind not in ("scattered_calc",) else 2.0 * radius
+  dz_planes = np.linspace(-zspan / 2, zspan / 2, planes).astype(np.float32)
+  return _Block(half, dz_planes, float(zspan / max(planes - 1, 1)), zspan, spacing)
+
+
+def _add_mass(rng: np.random.Generator, block: np.ndarray, g: _Block, kind: str, radius: float,
+              contrast: float) -> None:
+  """A soft-edged mass with a random low-order surface (smooth when circumscribed)."""
+  n = 2 * g.half + 1
+  zz = g.dz_planes[:, None, None]
+  yy = ((np.arange(n, dtype=np.float32) - g.half) * g.spacing)[None, :, None]
+  xx = ((np.arange(n, dtype=np.float32) - g.half) * g.spacing)[None, None, :]
+  ax = rng.uniform(0.8, 1.2, size=3)
+  rr = np.sqrt((xx / ax[0]) ** 2 + (yy / ax[1]) ** 2 + (zz / ax[2]) ** 2) + 1e-6
+  if kind != "circumscribed":
+    theta = np.arccos(np.clip(zz / rr, -1, 1))
+    phi = np.arctan2(yy, xx)
+    mod = np.ones_like(rr)
+    amp = 0.08 if kind == "subtle" else 0.22
+    for _ in range(6):
+      l, m = rng.integers(2, 6), rng.integers(1, 5)
+      mod = mod + amp * rng.uniform(0.3, 1.0) * np.cos(m * phi + rng.uniform(0, 6.3)) * np.cos(
+          l * theta + rng.uniform(0, 6.3)) / 2
+    rr = rr / mod
+  edge = g.spacing * (0.6 if kind == "circumscribed" else (2.5 if kind == "subtle" else 1.2))
+  occ = 1.0 / (1.0 + np.exp((rr - radius) / edge))
+  block += (contrast * (MU_GLAND - MU_FAT) * occ * g.dzp).astype(np.float32)
+
+
+def _add_spicules(rng: np.random.Generator, block: np.ndarray, g: _Block, radius: float,
+                  contrast: float) -> None:
+  """10-21 tapered spicules radiating from the mass surface, flatter in z."""
+  nsp = int(rng.integers(10, 22))
+  dirs = rng.normal(size=(nsp, 3))
+  dirs[:, 0] *= 0.5
+  dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+  lengths = radius * rng.uniform(1.4, 2.5, size=nsp)
+  pts, wts = [], []
+  for d, ln in zip(dirs, lengths):
+    s = np.arange(0.8 * radius, ln, g.spacing * 0.5, dtype=np.float32)
+    taper = 1.0 - (s - 0.8 * radius) / max(ln - 0.8 * radius, 1e-3)
+    p = s[:, None] * d[None, :]
+    pts.append(np.stack([(p[:, 0] + g.zspan / 2) / g.dzp, p[:, 1] / g.spacing + g.half,
+                         p[:, 2] / g.spacing + g.half], 1))
+    wts.append(taper * contrast * (MU_GLAND - MU_FAT) * 1.6 * g.spacing * 0.5)
+  _splat(block, np.concatenate(pts), np.concatenate(wts).astype(np.float32))
+
+
+def _add_calcifications(rng: np.random.Generator, block: np.ndarray, g: _Block, kind: str,
+                        radius: float) -> np.ndarray:
+  """Clustered (or scattered) calcifications; returns their offsets (z, y, x mm)."""
+  if kind == "scattered_calc":
+    ncal, spread, size = int(rng.integers(4, 9)), radius, rng.uniform(0.7, 1.2)
+  else:
+    ncal = int(rng.integers(8, 22))
+    spread = radius * (0.6 if kind == "mass_calc" else 0.8)
+    size = rng.uniform(0.35, 0.6)
+  off = rng.normal(size=(ncal, 3)) * spread / 2
+  off = np.clip(off, -spread, spread)
+  off[:, 0] = np.clip(off[:, 0], -g.zspan / 2, g.zspan / 2)
+  sizes = size * rng.uniform(0.6, 1.4, size=ncal)
+  # A calcification of diameter d adds MU_CALC * d over an area ~ d^2 (mm): spread it over
+  # at least one pixel (partial-volume averaging) by dividing by the pixel area.
+  weight = MU_CALC * sizes ** 3 / np.maximum(g.spacing * g.spacing, sizes ** 2) * 2.0
+  pts = np.stack([(off[:, 0] + g.zspan / 2) / g.dzp, off[:, 1] / g.spacing + g.half,
+                  off[:, 2] / g.spacing + g.half], 1)
+  _splat(block, pts, weight.astype(np.float32))
+  return off
+
+
+def _place(kind: str, block: np.ndarray, g: _Block, position: tuple[float, float, float],
+           extent: float, calc_offsets: np.ndarray | None, shape: tuple[int, int],
+           flip: bool) -> Lesion:
+  """Puts the block in image coordinates (x flipped for right breasts) and draws its box."""
+  px, py, pz = position
+  spacing = g.spacing
+  rows, cols = shape
+  col_c = px / spacing if not flip else cols - px / spacing
+  row_c = py / spacing
+  if flip:
+    block = block[:, :, ::-1].copy()
+  ext = max(extent * (0.85 if kind == "spiculated" else 1.0), 3 * spacing) / spacing
+  if calc_offsets is not None:
+    ext = max(ext, (np.abs(calc_offsets[:, 1:]).max() + 2 * spacing) / spacing)
+  x0 = int(np.clip(np.floor(col_c - ext), 0, cols - 1))
+  y0 = int(np.clip(np.floor(row_c - ext), 0, rows - 1))
+  x1 = int(np.clip(np.ceil(col_c + ext), x0 + 1, cols))
+  y1 = int(np.clip(np.ceil(row_c + ext), y0 + 1, rows))
+  return Lesion(kind, block, g.dz_planes, float(pz), int(round(row_c)) - g.half,
+                int(round(col_c)) - g.half, (x0, y0, x1 - x0, y1 - y0))
+
+
 def make_lesion(rng: np.random.Generator, label: str, b: BreastShape, shape: tuple[int, int],
                 spacing: float, flip: bool, scale: float = 1.0, max_planes: int = 24,
                 position: tuple[float, float, float] | None = None) -> Lesion | None:
@@ -216,116 +363,16 @@ def make_lesion(rng: np.random.Generator, label: str, b: BreastShape, shape: tup
   """
   if label == "normal":
     return None
-  u = rng.uniform()
-  if label == "malignant":
-    kind = "spiculated" if u < 0.35 else ("irregular" if u < 0.6 else ("calc_cluster" if u < 0.85
-                                                                        else "mass_calc"))
-  elif label == "benign":
-    kind = "circumscribed" if u < 0.65 else "scattered_calc"
-  else:
-    kind = "subtle"
-  if kind in ("spiculated", "irregular", "mass_calc"):
-    radius = rng.uniform(4.5, 11.0) * scale
-    contrast = rng.uniform(1.0, 1.7)
-  elif kind == "circumscribed":
-    radius = rng.uniform(4.0, 10.0) * scale
-    contrast = rng.uniform(0.9, 1.5)
-  elif kind == "subtle":
-    radius = rng.uniform(3.5, 6.0) * scale
-    contrast = rng.uniform(0.8, 1.3)
-  elif kind == "calc_cluster":
-    radius = rng.uniform(3.0, 7.0) * scale
-    contrast = 0.0
-  else:  # scattered_calc
-    radius = rng.uniform(8.0, 16.0) * scale
-    contrast = 0.0
+  kind = _lesion_kind(rng, label)
+  radius, contrast = _lesion_size(rng, kind, scale)
   extent = radius * {"spiculated": 2.6, "subtle": 1.6}.get(kind, 1.3)
-  # Position: inside the inner part of the breast, away from skin and (MLO) pectoral muscle.
   if position is None:
-    for _ in range(200):
-      px = rng.uniform(0.12, 0.8) * b.depth
-      py = b.centre + b.tilt * px + rng.uniform(-0.7, 0.7) * b.half_height
-      r = float(elliptic_radius(b, np.float32(px), np.float32(py)))
-      pec = float(pectoral_mask(b, np.float32(px), np.float32(py)))
-      if r < 0.72 and pec == 0.0 and py - extent > 0 and py + extent < shape[0] * spacing:
-        break
-    zmax = max(b.thickness / 2 - b.skin - radius, 0.5)
-    pz = rng.uniform(-zmax, zmax) * 0.8
-  else:
-    px, py, pz = position
-  # Block geometry (full resolution).
-  half = int(np.ceil(extent / spacing)) + 3
-  planes = int(min(max_planes, max(5, 2 * np.ceil(radius * 1.2 / spacing) + 1)))
-  zspan = 2.4 * radius if kind not in ("scattered_calc",) else 2.0 * radius
-  dz_planes = np.linspace(-zspan / 2, zspan / 2, planes).astype(np.float32)
-  dzp = float(zspan / max(planes - 1, 1))
-  n = 2 * half + 1
-  block = np.zeros((planes, n, n), np.float32)
-  zz = dz_planes[:, None, None]
-  yy = ((np.arange(n, dtype=np.float32) - half) * spacing)[None, :, None]
-  xx = ((np.arange(n, dtype=np.float32) - half) * spacing)[None, None, :]
-  delta = (MU_GLAND - MU_FAT)
-  if kind in ("spiculated", "irregular", "mass_calc", "circumscribed", "subtle"):
-    ax = rng.uniform(0.8, 1.2, size=3)
-    rr = np.sqrt((xx / ax[0]) ** 2 + (yy / ax[1]) ** 2 + (zz / ax[2]) ** 2) + 1e-6
-    if kind != "circumscribed":
-      theta = np.arccos(np.clip(zz / rr, -1, 1))
-      phi = np.arctan2(yy, xx)
-      mod = np.ones_like(rr)
-      amp = 0.08 if kind == "subtle" else 0.22
-      for _ in range(6):
-        l, m = rng.integers(2, 6), rng.integers(1, 5)
-        mod = mod + amp * rng.uniform(0.3, 1.0) * np.cos(m * phi + rng.uniform(0, 6.3)) * np.cos(
-            l * theta + rng.uniform(0, 6.3)) / 2
-      rr = rr / mod
-    edge = spacing * (0.6 if kind == "circumscribed" else (2.5 if kind == "subtle" else 1.2))
-    occ = 1.0 / (1.0 + np.exp((rr - radius) / edge))
-    block += (contrast * delta * occ * dzp).astype(np.float32)
+    position = _lesion_position(rng, b, shape, spacing, extent, radius)
+  g = _block_grid(kind, radius, extent, spacing, max_planes)
+  block = np.zeros((len(g.dz_planes), 2 * g.half + 1, 2 * g.half + 1), np.float32)
+  if kind in _MASS_KINDS:
+    _add_mass(rng, block, g, kind, radius, contrast)
     if kind == "spiculated":
-      nsp = int(rng.integers(10, 22))
-      dirs = rng.normal(size=(nsp, 3))
-      dirs[:, 0] *= 0.5  # flatter in z
-      dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-      lengths = radius * rng.uniform(1.4, 2.5, size=nsp)
-      pts, wts = [], []
-      for d, ln in zip(dirs, lengths):
-        s = np.arange(0.8 * radius, ln, spacing * 0.5, dtype=np.float32)
-        taper = 1.0 - (s - 0.8 * radius) / max(ln - 0.8 * radius, 1e-3)
-        p = s[:, None] * d[None, :]
-        pts.append(np.stack([(p[:, 0] + zspan / 2) / dzp, p[:, 1] / spacing + half,
-                             p[:, 2] / spacing + half], 1))
-        wts.append(taper * contrast * delta * 1.6 * spacing * 0.5)
-      _splat(block, np.concatenate(pts), np.concatenate(wts).astype(np.float32))
-  if kind in ("calc_cluster", "mass_calc", "scattered_calc"):
-    if kind == "scattered_calc":
-      ncal, spread, size = int(rng.integers(4, 9)), radius, rng.uniform(0.7, 1.2)
-    else:
-      ncal = int(rng.integers(8, 22))
-      spread = radius * (0.6 if kind == "mass_calc" else 0.8)
-      size = rng.uniform(0.35, 0.6)
-    off = rng.normal(size=(ncal, 3)) * spread / 2
-    off = np.clip(off, -spread, spread)
-    off[:, 0] = np.clip(off[:, 0], -zspan / 2, zspan / 2)
-    sizes = size * rng.uniform(0.6, 1.4, size=ncal)
-    # A calcification of diameter d adds MU_CALC * d over an area ~ d^2 (mm): spread it over
-    # at least one pixel (partial-volume averaging) by dividing by the pixel area.
-    weight = MU_CALC * sizes ** 3 / np.maximum(spacing * spacing, sizes ** 2) * 2.0
-    pts = np.stack([(off[:, 0] + zspan / 2) / dzp, off[:, 1] / spacing + half,
-                    off[:, 2] / spacing + half], 1)
-    _splat(block, pts, weight.astype(np.float32))
-  # Image placement (x flipped for right breasts).
-  rows, cols = shape
-  col_c = px / spacing if not flip else cols - px / spacing
-  row_c = py / spacing
-  if flip:
-    block = block[:, :, ::-1].copy()
-  row0 = int(round(row_c)) - half
-  col0 = int(round(col_c)) - half
-  ext = max(extent * (0.85 if kind == "spiculated" else 1.0), 3 * spacing) / spacing
-  if kind in ("calc_cluster", "scattered_calc", "mass_calc"):
-    ext = max(ext, (np.abs(off[:, 1:]).max() + 2 * spacing) / spacing)
-  x0 = int(np.clip(np.floor(col_c - ext), 0, cols - 1))
-  y0 = int(np.clip(np.floor(row_c - ext), 0, rows - 1))
-  x1 = int(np.clip(np.ceil(col_c + ext), x0 + 1, cols))
-  y1 = int(np.clip(np.ceil(row_c + ext), y0 + 1, rows))
-  return Lesion(kind, block, dz_planes, float(pz), row0, col0, (x0, y0, x1 - x0, y1 - y0))
+      _add_spicules(rng, block, g, radius, contrast)
+  offsets = _add_calcifications(rng, block, g, kind, radius) if kind in _CALC_KINDS else None
+  return _place(kind, block, g, position, extent, offsets, shape, flip)

@@ -105,3 +105,31 @@ def window(stored_breast: np.ndarray, vendor: Vendor) -> tuple[float, float]:
   vals = stored_breast.astype(np.float64) * vendor.rescale_slope + vendor.rescale_intercept
   lo, hi = np.percentile(vals, [1.0, 99.0])
   return float(np.round((lo + hi) / 2)), float(np.round(max(hi - lo, 2.0)))
+
+
+VENDOR_SETS = ("all", "single")
+
+
+def vendor_choices(which: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Indices into (FFDM_VENDORS, DBT_VENDORS) a cohort draws from.
+
+  ``"all"``: every fake manufacturer (a multi-site cohort). ``"single"``: one site, as in the
+  paper: the Aurelia FFDM system and the Aurelia tomosynthesis system of the same manufacturer.
+  """
+  if which == "all":
+    return tuple(range(len(FFDM_VENDORS))), tuple(range(len(DBT_VENDORS)))
+  if which == "single":
+    return (0,), (0,)
+  raise ValueError(f"unknown vendor set {which!r}; choose one of {VENDOR_SETS}")
+
+
+def shifted_response(vendor: Vendor, factor: float) -> Vendor:
+  """The vendor with its response parameter multiplied by `factor` (a controlled intensity shift).
+
+  For a gamma curve ``u -> u ** k`` the shifted response is ``u -> (u ** k) ** factor``: the
+  training response followed by a monotone power, which histogram matching can undo up to the
+  quantisation of the stored values. ``factor == 1`` gives the vendor itself.
+  """
+  if factor <= 0:
+    raise ValueError(f"response factor must be positive, got {factor}")
+  return dataclasses.replace(vendor, curve_param=vendor.curve_param * float(factor))
