@@ -163,7 +163,7 @@ def test_to_12bit_rejects_bad_arguments():
 def test_ffdm_matches_the_rule_on_the_stored_values(tmp_path, photometric, bits):
   stored = _breast((64, 48), bits)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, bits_stored=bits, photometric=photometric)
-  image, meta = dicom.read_ffdm(path)
+  image, meta = dicom.read_ffdm(path, intensity="bits")
   assert image.dtype == np.uint16 and image.shape == (64, 48)
   np.testing.assert_array_equal(image, dicom.to_12bit(stored, bits_stored=bits,
                                                       photometric=photometric))
@@ -180,7 +180,7 @@ def test_ffdm_matches_the_rule_on_the_stored_values(tmp_path, photometric, bits)
 def test_ffdm_8bit(tmp_path):
   stored = _breast((40, 40), 8)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, bits_stored=8, bits_allocated=8)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   # y = floor(s * 4095 / 255 + 0.5): 255 -> 4095, 1 -> 16.06 -> 16, 128 -> 2055.5 -> 2056
   np.testing.assert_array_equal(image, np.floor(stored * (4095 / 255) + 0.5).astype(np.uint16))
 
@@ -188,7 +188,7 @@ def test_ffdm_8bit(tmp_path):
 def test_ffdm_rescale_slope_intercept_and_padding(tmp_path):
   stored = np.array([[0, 50, 51, 100], [2000, 2100, 7, 7]], np.uint16).repeat(8, 0).repeat(8, 1)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, slope=2, intercept=-100, padding_value=7)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image[::8, ::8], [[0, 0, 2, 100], [3900, 4095, 0, 0]])
 
 
@@ -198,7 +198,7 @@ def test_ffdm_monochrome1_padding_is_background(tmp_path):
   stored[:, -5:] = 0
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, photometric="MONOCHROME1",
                             padding_value=0)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   assert (image[:, -5:] == 0).all()  # would be 4095 without the padding rule
   inside = stored > 0
   np.testing.assert_array_equal(image[inside], 4095 - stored[inside].astype(np.int64))
@@ -208,7 +208,7 @@ def test_ffdm_padding_range_limit(tmp_path):
   stored = np.array([[10, 3999, 4000, 4095]], np.uint16).repeat(4, 0)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, padding_value=4095,
                             padding_range_limit=4000)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image[0], [10, 3999, 0, 0])
 
 
@@ -216,18 +216,18 @@ def test_signed_pixels(tmp_path):
   # Signed with an intercept that places them on the scale: accepted.
   stored = np.array([[-2048, 0, 2047]], np.int16).repeat(4, 0)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, pixel_representation=1, intercept=2048)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image[0], [0, 2048, 4095])
   # Signed with only non-negative values and no rescale: read like unsigned.
   path = factory.write_ffdm(tmp_path / "b.dcm", np.array([[2000, 0, 2047]] * 4, np.int16),
                             pixel_representation=1)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image[0], [2000, 0, 2047])
   # Signed with negative values and a padding value at the negative end: padding is background.
   stored = np.array([[-2048, 5, 100]], np.int16).repeat(4, 0)
   path = factory.write_ffdm(tmp_path / "c.dcm", stored, pixel_representation=1,
                             padding_value=-2048)
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image[0], [0, 5, 100])
 
 
@@ -240,10 +240,10 @@ def test_every_transfer_syntax_decodes_to_the_same_12bit_image(tmp_path, syntax,
   else:
     kw = dict(bits_stored=16, slope=1, intercept=-300)
     stored = _breast((72, 56), 16, seed=1)
-  reference, _ = dicom.read_ffdm(factory.write_ffdm(tmp_path / "ref.dcm", stored, **kw))
+  reference, _ = dicom.read_ffdm(factory.write_ffdm(tmp_path / "ref.dcm", stored, **kw), intensity="bits")
   path = factory.write_ffdm(tmp_path / "x.dcm", stored, transfer_syntax=syntax, **kw)
   assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
-  image, meta = dicom.read_ffdm(path)
+  image, meta = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image, reference)
   assert meta.transfer_syntax_uid == syntax
 
@@ -315,7 +315,7 @@ def test_multiframe_mip_equals_max_over_decoded_volume(tmp_path, syntax, photome
   path = factory.write_dbt(tmp_path / "v.dcm", volume, transfer_syntax=syntax,
                            photometric=photometric, padding_value=padding, slope=1.25,
                            intercept=-40)
-  mip, meta = dicom.read_dbt_mip(path)
+  mip, meta = dicom.read_dbt_mip(path, intensity="bits")
   rule = dict(bits_stored=12, photometric=photometric, slope=1.25, intercept=-40,
               padding_value=padding)
   np.testing.assert_array_equal(mip, _decoded_volume_mip(path, **rule))
@@ -331,7 +331,7 @@ def test_multiframe_rescale_locations(tmp_path, location):
   intercepts = [0, 100, -50, 7] if location == "per_frame" else -50
   path = factory.write_dbt(tmp_path / "v.dcm", volume, bits_stored=14, slope=slopes,
                            intercept=intercepts, rescale_location=location)
-  mip, _ = dicom.read_dbt_mip(path)
+  mip, _ = dicom.read_dbt_mip(path, intensity="bits")
   per_frame = [dicom.to_12bit(volume[k], bits_stored=14,
                               slope=slopes[k] if location == "per_frame" else slopes,
                               intercept=intercepts[k] if location == "per_frame" else intercepts)
@@ -342,7 +342,7 @@ def test_multiframe_rescale_locations(tmp_path, location):
 def test_single_frame_file_as_dbt(tmp_path):
   stored = _breast((40, 36), 12)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored)
-  mip, meta = dicom.read_dbt_mip(path)
+  mip, meta = dicom.read_dbt_mip(path, intensity="bits")
   np.testing.assert_array_equal(mip, stored)
   assert meta.frames == 1
 
@@ -356,7 +356,7 @@ def test_slice_directory_mip_and_order(tmp_path, syntax):
                                    transfer_syntax=syntax, photometric="MONOCHROME1")
   assert sorted(p.name for p in paths) != [p.name for p in paths]  # names are shuffled
   assert dicom.list_dbt_slices(tmp_path / "slices") == paths[::-1]
-  mip, meta = dicom.read_dbt_mip(tmp_path / "slices")
+  mip, meta = dicom.read_dbt_mip(tmp_path / "slices", intensity="bits")
   stack = np.stack([pydicom.dcmread(p).pixel_array for p in paths])
   np.testing.assert_array_equal(stack, volume)
   np.testing.assert_array_equal(
@@ -375,7 +375,7 @@ def test_slice_directory_sorting_along_an_oblique_normal_and_by_instance_number(
   paths = factory.write_dbt_slices(tmp_path / "b", volume, write_positions=False,
                                    instance_numbers=[3, 1, 5, 2, 4])
   assert dicom.list_dbt_slices(tmp_path / "b") == [paths[i] for i in (1, 3, 0, 4, 2)]
-  mip, _ = dicom.read_dbt_mip(tmp_path / "b")
+  mip, _ = dicom.read_dbt_mip(tmp_path / "b", intensity="bits")
   np.testing.assert_array_equal(mip, volume.max(axis=0))
 
 
@@ -384,7 +384,7 @@ def test_slice_directory_ignores_non_dicom_files(tmp_path):
   factory.write_dbt_slices(tmp_path / "s", volume)
   (tmp_path / "s" / "README.txt").write_text("exported slices")
   (tmp_path / "s" / ".DS_Store").write_bytes(b"\0" * 200)
-  mip, meta = dicom.read_dbt_mip(tmp_path / "s")
+  mip, meta = dicom.read_dbt_mip(tmp_path / "s", intensity="bits")
   np.testing.assert_array_equal(mip, volume.max(axis=0))
   assert meta.frames == 3
 
@@ -413,7 +413,7 @@ def test_dbt_mip_memory_is_one_frame_not_the_volume(tmp_path):
       return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.zeros(1)
     before = peak_mb()
-    mip, meta = dicom.read_dbt_mip({str(path)!r})
+    mip, meta = dicom.read_dbt_mip({str(path)!r}, intensity="bits")
     increase = peak_mb() - before
     ok = np.array_equal(mip, np.load({str(tmp_path / "expected.npy")!r}))
     print(f"{{increase:.1f}} {{int(ok)}} {{meta.frames}}")
@@ -433,9 +433,9 @@ def test_dbt_mip_memory_is_one_frame_not_the_volume(tmp_path):
 def test_voi_window_only_with_the_flag(tmp_path):
   stored = np.array([[1000, 1536, 2048, 2559, 2560]], np.uint16).repeat(4, 0)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, window_center=2048, window_width=1025)
-  off, _ = dicom.read_ffdm(path)
+  off, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(off, stored)
-  on, _ = dicom.read_ffdm(path, apply_voi_lut=True)
+  on, _ = dicom.read_ffdm(path, apply_voi_lut=True, intensity="bits")
   # LINEAR: c' = 2047.5, w' = 1024; y = ((v - c') / w' + 0.5) * 4095 inside, 0 / 4095 outside.
   np.testing.assert_array_equal(on[0], [0, 2, 2049, 4093, 4095])
   # Same as pydicom's apply_voi_lut on the whole image, rounded.
@@ -445,7 +445,7 @@ def test_voi_window_only_with_the_flag(tmp_path):
   # MONOCHROME1 is inverted about the VOI output range.
   path1 = factory.write_ffdm(tmp_path / "b.dcm", stored, window_center=2048, window_width=1025,
                              photometric="MONOCHROME1")
-  on1, _ = dicom.read_ffdm(path1, apply_voi_lut=True)
+  on1, _ = dicom.read_ffdm(path1, apply_voi_lut=True, intensity="bits")
   np.testing.assert_array_equal(on1, 4095 - on.astype(np.int64))
 
 
@@ -453,9 +453,9 @@ def test_voi_lut_sequence_only_with_the_flag(tmp_path):
   lut = np.arange(4096) // 16  # 8-bit LUT over the 12-bit range
   stored = np.array([[0, 16, 100, 4095]], np.uint16).repeat(4, 0)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, voi_lut=(0, 8, lut))
-  off, _ = dicom.read_ffdm(path)
+  off, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(off, stored)
-  on, _ = dicom.read_ffdm(path, apply_voi_lut=True)
+  on, _ = dicom.read_ffdm(path, apply_voi_lut=True, intensity="bits")
   # 255 -> 4095; 1 -> 16.06 -> 16; 6 -> 96.35 -> 96
   np.testing.assert_array_equal(on[0], [0, 16, 96, 4095])
 
@@ -469,9 +469,9 @@ def test_voi_on_dbt_from_the_shared_functional_groups(tmp_path):
   ds = pydicom.dcmread(path)
   ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence = pydicom.Sequence([window])
   ds.save_as(path)
-  off, _ = dicom.read_dbt_mip(path)
+  off, _ = dicom.read_dbt_mip(path, intensity="bits")
   np.testing.assert_array_equal(off, volume.max(axis=0))
-  on, _ = dicom.read_dbt_mip(path, apply_voi_lut=True)
+  on, _ = dicom.read_dbt_mip(path, apply_voi_lut=True, intensity="bits")
   ref_ds = pydicom.Dataset()
   ref_ds.BitsStored, ref_ds.PixelRepresentation = 12, 0
   ref_ds.PhotometricInterpretation = "MONOCHROME2"
@@ -485,7 +485,7 @@ def test_voi_on_dbt_from_the_shared_functional_groups(tmp_path):
 # --------------------------------------------------------------------------------------------------
 def test_laterality_and_view_from_tags(tmp_path):
   img = _breast((40, 36), 12)
-  read = lambda p: dicom.read_ffdm(p)[1]
+  read = lambda p: dicom.read_ffdm(p, intensity="bits")[1]
   m = read(factory.write_ffdm(tmp_path / "a.dcm", img, laterality="R", view="MLO"))
   assert (m.laterality, m.view) == ("R", "MLO")
   m = read(factory.write_ffdm(tmp_path / "b.dcm", img, laterality=None, view=None, Laterality="L"))
@@ -510,7 +510,7 @@ def test_laterality_and_view_from_tags(tmp_path):
 
 def test_meta_has_no_patient_identifiers(tmp_path):
   path = factory.write_ffdm(tmp_path / "a.dcm", _breast((40, 36), 12), manufacturer="ACME")
-  _, meta = dicom.read_ffdm(path)
+  _, meta = dicom.read_ffdm(path, intensity="bits")
   fields = {f.name for f in __import__("dataclasses").fields(meta)}
   assert not any(k in fields for k in ("patient_name", "patient_id", "study_date", "accession"))
   text = repr(meta)
@@ -542,10 +542,10 @@ def test_read_image_dispatches(tmp_path):
   stored = _breast((40, 36), 12)
   f = factory.write_ffdm(tmp_path / "a.dcm", stored)
   v = factory.write_dbt(tmp_path / "v.dcm", _volume(3))
-  np.testing.assert_array_equal(dicom.read_image(f, "ffdm")[0], stored)
-  np.testing.assert_array_equal(dicom.read_image(v, "dbt")[0], _volume(3).max(axis=0))
+  np.testing.assert_array_equal(dicom.read_image(f, "ffdm", intensity="bits")[0], stored)
+  np.testing.assert_array_equal(dicom.read_image(v, "dbt", intensity="bits")[0], _volume(3).max(axis=0))
   with pytest.raises(ValueError):
-    dicom.read_image(f, "mri")
+    dicom.read_image(f, "mri", intensity="bits")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -705,7 +705,7 @@ def test_dicom_error_pickles():
 def test_reading_never_parses_patient_elements(tmp_path, caplog, recwarn):
   path = factory.write_ffdm(tmp_path / "a.dcm", _breast((40, 36), 12), slope="NaN")
   with pytest.raises(DicomError) as info:
-    dicom.read_ffdm(path)
+    dicom.read_ffdm(path, intensity="bits")
   logged = caplog.text + " ".join(str(w.message) for w in recwarn) + str(info.value)
   assert not any(i in logged for i in IDENTIFIERS)
   src = dicom._open_source(factory.write_ffdm(tmp_path / "b.dcm", _breast((40, 36), 12)))
@@ -720,5 +720,5 @@ def test_modality_lut_sequence(tmp_path):
   stored = np.array([[0, 100, 4095, 2000]], np.uint16).repeat(4, 0)
   path = factory.write_ffdm(tmp_path / "a.dcm", stored, rescale=False,
                             ModalityLUTSequence=pydicom.Sequence([item]))
-  image, _ = dicom.read_ffdm(path)
+  image, _ = dicom.read_ffdm(path, intensity="bits")
   np.testing.assert_array_equal(image[0], [4095, 3995, 0, 2095])
