@@ -77,6 +77,7 @@ class Image:
   split: str = ""
   rotate: int = 0
   findings: list = dataclasses.field(default_factory=list)
+  keys: set = dataclasses.field(default_factory=set)   # join keys (dicom-folder)
 
 
 @dataclasses.dataclass
@@ -260,6 +261,36 @@ def index_dirs(root: str) -> dict[str, list[str]]:
     for d in dirnames:
       out[d].append(os.path.join(dirpath, d))
   return out
+
+
+_VIEW_MEANINGS = {"cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lateral": "ML",
+                  "latero-medial": "LM"}
+
+
+def side_and_view(ds) -> tuple[str, str]:
+  """(L|R|"", view) from a header read without pixels: ImageLaterality, Laterality, then
+  FrameLaterality; ViewPosition, then ViewCodeSequence's meaning ("" when unknown: convert then
+  reads the tags itself)."""
+  side = ""
+  for keyword in ("ImageLaterality", "Laterality"):
+    value = str(ds.get(keyword, "") or "").strip().upper()
+    if value in ("L", "R"):
+      side = value
+      break
+  if not side:
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+      try:
+        value = str(ds[group][0].FrameAnatomySequence[0].FrameLaterality).upper()
+      except (KeyError, AttributeError, IndexError):
+        continue
+      if value in ("L", "R"):
+        side = value
+        break
+  view = str(ds.get("ViewPosition", "") or "").strip().upper()
+  if not view and ds.get("ViewCodeSequence"):
+    meaning = str(ds.ViewCodeSequence[0].get("CodeMeaning", "")).strip().lower()
+    view = _VIEW_MEANINGS.get(meaning, "")
+  return side, view
 
 
 def ref(path: str, line: int) -> str:
