@@ -80,10 +80,14 @@ class Normalize(keras.layers.Layer):
   """``x * scale + offset``: 12-bit units to the network's input scale.
 
   Defaults map 0..4095 to [0, 1] (``scale = 1 / 4095``, ``offset = 0``); background stays 0.
-  Integer inputs are cast to the layer's compute dtype first.
+  The layer computes in float32 under any mixed-precision policy (as `HistogramMatching` does):
+  a 12-bit value cast to bfloat16 first would lose its last 4 bits (2000, 2001 and 2003 all
+  become 2000) and the sigma-1 noise augmentation with them. The first convolution of the
+  network takes this float32 output as it is (see `mammo_tf.models.resnet.stem_layers`).
   """
 
   def __init__(self, scale: float = 1.0 / 4095.0, offset: float = 0.0, **kwargs):
+    kwargs.setdefault("dtype", "float32")  # full 12-bit precision whatever the global policy
     super().__init__(**kwargs)
     self.scale = float(scale)
     self.offset = float(offset)

@@ -165,9 +165,14 @@ def unit_kwargs(model_cfg: ModelConfig | Mapping[str, Any]) -> list[dict[str, An
 
 def stem_layers(model_cfg: ModelConfig | Mapping[str, Any], prefix: str = "stem"
                 ) -> list[layers.Layer]:
-  """The stem: conv 3x3/stem_stride, BN, ReLU and (if ``stem_pool``) max-pool 3x3/2."""
+  """The stem: conv 3x3/stem_stride, BN, ReLU and (if ``stem_pool``) max-pool 3x3/2.
+
+  The stem conv computes in float32 under any mixed-precision policy, so the 12-bit input (and
+  its sigma-1 noise) reaches the first convolution at full precision; the layers after it follow
+  the global policy (bfloat16 compute under ``mixed_bfloat16``).
+  """
   cfg = _model_cfg(model_cfg)
-  out = [_conv(cfg.stem_filters, 3, cfg.stem_stride, f"{prefix}_conv"),
+  out = [_conv(cfg.stem_filters, 3, cfg.stem_stride, f"{prefix}_conv", dtype="float32"),
          _bn(cfg.bn_momentum, cfg.bn_epsilon, f"{prefix}_bn"),
          layers.ReLU(name=f"{prefix}_relu")]
   if cfg.stem_pool:

@@ -160,14 +160,16 @@ def test_analytic_flops_match_the_built_layers():
 
 
 def test_mixed_precision_output_is_float32():
-  keras.mixed_precision.set_global_policy("mixed_float16")
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     model = resnet.build_classifier(get_config("tiny").model, 32)
     prob = model(_patches(2, 32), training=False)
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert keras.backend.standardize_dtype(prob.dtype) == "float32"
-  assert model.get_layer("stage1_unit1").conv1.compute_dtype == "float16"
+  assert model.get_layer("stage1_unit1").conv1.compute_dtype == "bfloat16"
+  assert model.get_layer("stem_conv").compute_dtype == "float32"
+  assert model.get_layer("normalize").compute_dtype == "float32"
 
 
 JAX_SCRIPT = textwrap.dedent("""

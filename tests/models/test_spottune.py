@@ -327,13 +327,13 @@ def test_sampled_policy_at_inference_is_stochastic(base):
 
 def test_mixed_precision_keeps_the_gate_and_output_in_float32(base):
   model_cfg, train_cfg = _tiny_cfg()
-  keras.mixed_precision.set_global_policy("mixed_float16")
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     model = spottune.build_spottune(base, model_cfg, train_cfg)
     prob, gates = model(_patches(4), training=True, return_gates=True)
   finally:
     keras.mixed_precision.set_global_policy("float32")
-  assert model.gated_units[0].tuned_unit.conv1.compute_dtype == "float16"
+  assert model.gated_units[0].tuned_unit.conv1.compute_dtype == "bfloat16"
   assert model.gumbel.compute_dtype == "float32"
   std = keras.backend.standardize_dtype
   assert std(prob.dtype) == "float32" and std(gates.dtype) == "float32"
