@@ -2,7 +2,8 @@ r"""Converts a DICOM manifest into sharded TFRecords, c.d.f.s, summary.json and 
 
   python -m data_prep.convert --manifest M.csv --out DIR [--workers N] [--seed S] [--preset P] \
       [--override section.field=value ...] [--salt_file F] [--codec png|raw] \
-      [--canonical_laterality L|R] [--runner local|beam [-- BEAM_PIPELINE_OPTIONS ...]]
+      [--canonical_laterality L|R] [--intensity auto|window|range|bits] [--voi_index N] \
+      [--runner local|beam [-- BEAM_PIPELINE_OPTIONS ...]]
 
 --runner beam runs the same per-image conversion as an Apache Beam pipeline (DirectRunner unless
 options after `--` say otherwise, e.g. `-- --runner=FlinkRunner --flink_master=HOST:8081`); it
@@ -39,6 +40,11 @@ flags.DEFINE_string("salt_file", None,
 flags.DEFINE_enum("codec", None, ["png", "raw"], "Image codec (default: the preset's).")
 flags.DEFINE_enum("canonical_laterality", None, ["L", "R", ""],
                   "Flip every image to this side ('' = keep as acquired; default: the preset's).")
+flags.DEFINE_enum("intensity", None, ["auto", "window", "range", "bits"],
+                  "DICOM -> 0..4095 rule (default: the preset's, auto): auto = the file's VOI "
+                  "window, else its robust used range; window; range; bits = [0, 2^BitsStored-1].")
+flags.DEFINE_integer("voi_index", None, "Which VOI window / LUT of a file to apply (0 = the first).",
+                     lower_bound=0)
 flags.DEFINE_enum("runner", "local", ["local", "beam"],
                   "local: a pool of --workers processes; beam: Apache Beam (options after --).")
 flags.mark_flags_as_required(["manifest", "out"])
@@ -54,6 +60,10 @@ def main(argv):
       overrides.append(f"data.image_codec={FLAGS.codec}")
     if FLAGS.canonical_laterality is not None:
       overrides.append(f"data.canonical_laterality={FLAGS.canonical_laterality}")
+    if FLAGS.intensity is not None:
+      overrides.append(f"data.intensity={FLAGS.intensity}")
+    if FLAGS.voi_index is not None:
+      overrides.append(f"data.voi_index={FLAGS.voi_index}")
     cfg = config_lib.get_config(FLAGS.preset, overrides)
     salt = privacy.load_or_create_salt(FLAGS.out, FLAGS.salt_file)
     if FLAGS.runner == "beam":

@@ -71,7 +71,11 @@ class DataConfig:
   cdf_samples_ffdm: int = 1200
   cdf_samples_dbt: int = 600
   canonical_laterality: str = ""              # "" keeps images as acquired; "L" or "R" flips to it
-  apply_voi_lut: bool = False
+  # DICOM -> 0..4095 (mammo_tf.io.rules): auto = the file's VOI window, else its robust used range;
+  # window | range | bits ([0, 2**BitsStored - 1], the original rule).
+  intensity: str = "auto"
+  voi_index: int = 0                          # which window / VOI LUT of a file `window` applies
+  apply_voi_lut: bool = False                 # legacy, intensity=bits only: apply the VOI if any
   # Augmentation (paper §2.3).
   hflip: bool = True
   vflip: bool = True

@@ -132,7 +132,8 @@ def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Exp
                   salt: bytes) -> dict[str, Any]:
   """One manifest row -> a record for `schema.encode_example` (see the module docstring)."""
   data = cfg.data
-  image, meta = dicom.read_image(row.path, row.domain, apply_voi_lut=data.apply_voi_lut)
+  image, meta = dicom.read_image(row.path, row.domain, intensity=data.intensity,
+                                 voi_index=data.voi_index, apply_voi_lut=data.apply_voi_lut)
   if row.rotate == 180:  # the manifest's `rotate`: into the frame the box was drawn in
     image = np.ascontiguousarray(image[::-1, ::-1])
   laterality = row.laterality or (meta.laterality or "")
@@ -263,7 +264,8 @@ def cache_key(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Experim
   d = cfg.data
   payload = json.dumps([
       CACHE_VERSION, schema.SCHEMA_VERSION, privacy.salt_fingerprint(salt),
-      [d.downsample, d.mask_downsample, d.image_codec, d.canonical_laterality, d.apply_voi_lut],
+      [d.downsample, d.mask_downsample, d.image_codec, d.canonical_laterality, d.apply_voi_lut,
+       d.intensity, d.voi_index],
       [row.patient_id, row.exam_id, row.image_id, row.domain, row.path, row.label, row.laterality,
        row.view, list(row.box) if row.box else None] + ([row.rotate] if row.rotate else []),
       split, _input_fingerprint(row.path),
