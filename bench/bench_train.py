@@ -45,8 +45,7 @@ def time_steps(cfg: config_lib.ExperimentConfig, batch: int, steps: int, warmup:
   spec = optim.OptimizerSpec(cfg.train.learning_rate, cfg.train.weight_decay)
   group = loop.VariableGroup("all", list(model.trainable_variables), optim.make_optimizer(spec),
                              optim.coupled_l2(spec))
-  trainer = loop.Trainer(loop.Job("base", model, [group], "ffdm", 1), cfg,
-                         tf.distribute.get_strategy())
+  trainer = loop.Trainer(model, [group], cfg, tf.distribute.get_strategy())
   rng = np.random.default_rng(0)
   x = tf.constant(rng.uniform(0, 4095, (batch, cfg.input_size, cfg.input_size, 1))
                   .astype(np.float32))

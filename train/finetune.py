@@ -21,7 +21,8 @@ def main(argv):
   from mammo_tf import training  # pylint: disable=g-import-not-at-top
   cfg = train_flags.resolve_config("finetune_epochs", base_path=FLAGS.base)
   train_flags.apply_runtime_flags(cfg)
-  result = training.finetune(cfg, FLAGS.data, FLAGS.base, FLAGS.workdir, FLAGS.hm)
+  result = training.finetune(cfg, FLAGS.data, FLAGS.base, FLAGS.workdir, FLAGS.hm,
+                             deterministic=FLAGS.deterministic)
   logging.info("best epoch %d, validation AUC %.4f", result.best_epoch, result.best_val_auc)
   print(f"best_epoch={result.best_epoch} best_val_auc={result.best_val_auc:.4f} "
         f"workdir={result.paths['workdir']}")

@@ -35,7 +35,8 @@ def main(argv):
       extra.append(f"train.{name}={FLAGS[name].value}")
   cfg = train_flags.resolve_config("spottune_epochs", extra=extra, base_path=FLAGS.base)
   train_flags.apply_runtime_flags(cfg)
-  result = training.train_spottune(cfg, FLAGS.data, FLAGS.base, FLAGS.workdir, FLAGS.hm)
+  result = training.train_spottune(cfg, FLAGS.data, FLAGS.base, FLAGS.workdir, FLAGS.hm,
+                                   deterministic=FLAGS.deterministic)
   logging.info("best epoch %d, validation AUC %.4f; policy %s", result.best_epoch,
                result.best_val_auc, result.paths.get("policy"))
   print(f"best_epoch={result.best_epoch} best_val_auc={result.best_val_auc:.4f} "

@@ -21,7 +21,8 @@ def main(argv):
   from mammo_tf import training  # pylint: disable=g-import-not-at-top
   cfg = train_flags.resolve_config("epochs")
   train_flags.apply_runtime_flags(cfg)
-  result = training.train_base(cfg, FLAGS.data, FLAGS.workdir)
+  result = training.train_base(cfg, FLAGS.data, FLAGS.workdir,
+                               deterministic=FLAGS.deterministic)
   logging.info("best epoch %d, validation AUC %.4f; model %s, export %s", result.best_epoch,
                result.best_val_auc, result.paths["best"], result.paths["export"])
   print(f"best_epoch={result.best_epoch} best_val_auc={result.best_val_auc:.4f} "

@@ -1,6 +1,8 @@
 """Training jobs: FFDM base model, FC-only fine-tuning and SpotTune (paper §2.3-2.4).
 
-`train_base(cfg, data_dir, workdir)`, `finetune(cfg, data_dir, base_path, workdir, hm)` and
+Each job is a `loop.Task` (`jobs.BaseTask`, `jobs.FinetuneTask`, `spottune_train.SpotTuneTask`)
+run by the generic `loop.run`. The shortcuts `train_base(cfg, data_dir, workdir)`,
+`finetune(cfg, data_dir, base_path, workdir, hm)` and
 `train_spottune(cfg, data_dir, base_path, workdir, hm)` return a `TrainResult`; see `loop` for the
 work-dir layout and the resume semantics.
 """

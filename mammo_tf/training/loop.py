@@ -1,22 +1,31 @@
-"""The epoch loop shared by the three jobs (FFDM base, FC-only fine-tune, SpotTune).
+"""The generic trainer shared by the three jobs (FFDM base, FC-only fine-tune, SpotTune).
 
-A custom `tf.function` step (GradientTape) rather than `Model.fit`, because the jobs need things
-`fit` does not give together: several optimisers on disjoint variable groups (SpotTune's policy
-learning rate), coupled L2 (see `optim`), a data stream rebuilt per epoch from
+A job is a `Task` (the shape of TF Model Garden's task): it says how to build its model
+(`Task.build_model`), its variable groups and optimisers (`Task.build_groups`), its inputs
+(`Task.build_inputs`), what one validation step returns (`Task.validation_step`) and how the best
+epoch is chosen (`Task.selection_metric`). Everything else belongs to `run`, the same for every
+job: reuse of a finished work dir (``done.json``), the distribution strategy, determinism, the
+histogram-matching table, the resume checkpoint, the epoch loop, TensorBoard, the export and the
+done marker.
+
+The step is a custom `tf.function` (GradientTape) rather than `Model.fit`, because the jobs need
+things `fit` does not give together: several optimisers on disjoint variable groups (SpotTune's
+policy learning rate), coupled L2 (see `optim`), a data stream rebuilt per epoch from
 ``(seed, epoch)`` so that a restart replays exactly the same batches, and a checkpoint of
 model + optimisers + best-so-far state after every epoch.
 
-One epoch:
-  1. ``make_train_dataset(data_dir, domain, "train", cfg, seed=epoch_seed(cfg.seed, epoch))``,
-     ``steps_per_epoch(cfg)`` batches (``samples_per_epoch // batch_size``), class-balanced;
-  2. train steps: binary cross-entropy on the probability + coupled L2, gradients once, each
-     variable group applied by its own optimiser; `keras.metrics.AUC` on the training batches;
-  3. validation: the fixed-seed validation patches (``make_eval_dataset(..., "val", seed=0)``),
-     ROC AUC by scikit-learn on the collected probabilities;
-  4. ``best.keras`` when the validation AUC improves (ties keep the earlier epoch), TensorBoard,
-     ``history.json`` and the checkpoint ``backup/state.npz`` (written last in the epoch).
-Then the best model is reloaded from ``best.keras``, exported to ``export/`` and ``done.json`` is
-written (last of all). A finished work dir is reused: calling the job again returns its result.
+`run` in named steps:
+  1. `_prepare`: ``done.json`` present -> its result; else strategy, seeds (and op determinism when
+     asked), the HM table (``hm_lut.npy``), model and optimisers inside the strategy scope,
+     ``config.json``/``run.json`` checked against an existing run, ``backup/`` restored;
+  2. `_run_epoch`, once per epoch: ``task.build_inputs(..., "train", seed=seed, epoch=epoch)``
+     for ``steps_per_epoch(cfg)`` class-balanced batches; train steps (binary cross-entropy on the
+     probability + coupled L2, gradients once, each variable group applied by its own optimiser);
+     validation on the fixed-seed validation patches; the selection metric (ROC AUC by default);
+  3. `_log_epoch` (TensorBoard, log line) and `_save_epoch` (``best.keras`` when the metric
+     improves -- ties keep the earlier epoch --, ``history.json``, then ``backup/state.npz``);
+  4. `_finish`: the best model reloaded from ``best.keras``, exported to ``export/``, the task's
+     `Task.on_finish`, and ``done.json`` (last of all).
 
 Epochs are numbered from 1 in every output (history, TensorBoard steps, `TrainResult`).
 """
@@ -27,7 +36,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
@@ -36,11 +45,12 @@ from absl import logging
 
 from mammo_tf import config as config_lib
 from mammo_tf.data import pipeline
-from mammo_tf.training import callbacks
+from mammo_tf.evaluation import metrics
 from mammo_tf.training import checkpoint
 from mammo_tf.training import export as export_lib
 from mammo_tf.training import optim
 from mammo_tf.training import runtime
+from mammo_tf.training import selection
 from mammo_tf.training import tensorboard
 
 CONFIG_FILE = "config.json"
@@ -48,6 +58,7 @@ RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
 DONE_FILE = "done.json"
 BEST_FILE = "best.keras"
+HM_LUT_FILE = "hm_lut.npy"
 EXPORT_DIR = "export"
 TB_DIR = "tb"
 BACKUP_DIR = "backup"
@@ -62,45 +73,80 @@ class VariableGroup:
   l2: float = 0.0
 
 
-@dataclasses.dataclass
-class Job:
-  """What one training job trains and on what.
-
-  Attributes:
-    kind: ``"base"``, ``"finetune"`` or ``"spottune"`` (recorded in ``done.json``).
-    model: the Keras model (built inside the strategy scope).
-    groups: variable groups and their optimisers (created inside the strategy scope).
-    domain: training/validation domain (``"ffdm"`` or ``"dbt"``).
-    epochs: number of epochs.
-    hm_lut: histogram-matching table applied in the pipeline (and put into the export).
-    run_info: JSON-able description of the job's inputs (base model, hm, ...); ``run.json``.
-    gates: the model returns ``(prob, gates)`` with ``return_gates=True`` (SpotTune); the loop
-      collects the validation gates and passes them to `on_validation`.
-    on_validation: hook ``(epoch, outputs, logger) -> extra history fields`` called after each
-      validation with ``outputs = {"probability", "label", "label_class"[, "gates"]}``.
-    on_finish: hook ``(best_model, history) -> None`` called before ``done.json`` is written.
-  """
-  kind: str
-  model: keras.Model
-  groups: list[VariableGroup]
-  domain: str
-  epochs: int
-  hm_lut: np.ndarray | None = None
-  run_info: dict[str, Any] = dataclasses.field(default_factory=dict)
-  gates: bool = False
-  on_validation: Callable[[int, dict, tensorboard.SummaryLogger], dict] | None = None
-  on_finish: Callable[[keras.Model, list], None] | None = None
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
   """Outcome of a job. ``paths`` maps ``workdir``, ``best``, ``export``, ``history``, ``config``,
-  ``tb``, ``done`` (and job extras such as ``policy``) to file paths."""
+  ``tb``, ``done`` (and job extras such as ``policy``, ``hm_lut``) to file paths."""
   best_epoch: int
   best_val_auc: float
   epochs_run: int
   paths: dict[str, str]
   history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Task:
+  """What one training job trains and on what; `run` does the rest.
+
+  Subclasses set `kind` (recorded in ``done.json``), `domain` (training/validation domain),
+  `hm` (histogram-match the inputs to FFDM: `run` builds the table from the c.d.f.s of the data
+  folder, saves it as ``hm_lut.npy``, hands it to `build_inputs` and puts it into the export) and
+  implement `epochs`, `build_model` and `build_groups`. The other methods have defaults.
+  """
+  kind: str = ""
+  domain: str = "ffdm"
+  hm: bool = False
+
+  def epochs(self, cfg: config_lib.ExperimentConfig) -> int:
+    """Number of epochs of this job."""
+    raise NotImplementedError
+
+  def build_model(self, cfg: config_lib.ExperimentConfig) -> keras.Model:
+    """The model, built (or loaded) inside the strategy scope and the run's dtype policy."""
+    raise NotImplementedError
+
+  def build_groups(self, model: keras.Model, cfg: config_lib.ExperimentConfig
+                   ) -> list[VariableGroup]:
+    """The variable groups and their optimisers (inside the strategy scope)."""
+    raise NotImplementedError
+
+  def run_info(self, cfg: config_lib.ExperimentConfig, workdir: str) -> dict[str, Any]:
+    """JSON-able description of the job's inputs (``run.json``); ``extra_paths`` names the
+    job's own output files (they join `TrainResult.paths`)."""
+    del cfg, workdir
+    return {}
+
+  def build_inputs(self, data_dir: str, split: str, cfg: config_lib.ExperimentConfig, *,
+                   seed: int, hm_lut: np.ndarray | None, epoch: int = 1) -> tf.data.Dataset:
+    """``"train"``: the infinite, class-balanced, augmented ``(patch, label)`` stream from the
+    start of `epoch` (a function of the run `seed` and `epoch`; every record of a class is reached
+    before any repeats); other splits: the finite eval dataset of dicts (one patch per image)."""
+    if split == "train":
+      return pipeline.make_train_dataset(data_dir, self.domain, split, cfg, seed=seed,
+                                         epoch=epoch, hm_lut=hm_lut)
+    return pipeline.make_eval_dataset(data_dir, self.domain, split, cfg, seed=seed, hm_lut=hm_lut)
+
+  def validation_step(self, model: keras.Model, x: tf.Tensor) -> dict[str, tf.Tensor]:
+    """One validation batch -> ``{"probability": [B] float32, ...}`` (traced by `tf.function`)."""
+    return {"probability": probability_of(model(x, training=False))}
+
+  def selection_metric(self, outputs: Mapping[str, np.ndarray]) -> float:
+    """The "higher is better" number that picks the best epoch: validation ROC AUC (NaN when
+    the validation patches hold one class only)."""
+    labels = np.asarray(outputs["label"]).reshape(-1)
+    if labels.size == 0 or labels.all() or not labels.any():
+      return float("nan")
+    return metrics.roc_auc(labels, outputs["probability"])
+
+  def on_validation(self, epoch: int, outputs: Mapping[str, np.ndarray],
+                    logger: tensorboard.SummaryLogger) -> dict[str, Any]:
+    """Extra ``history.json`` fields of one epoch (and extra TensorBoard summaries)."""
+    del epoch, outputs, logger
+    return {}
+
+  def on_finish(self, cfg: config_lib.ExperimentConfig, best_model: keras.Model,
+                history: list[dict[str, Any]], val_ds: tf.data.Dataset) -> None:
+    """Called with the best model and the validation dataset before ``done.json`` is written."""
+    del cfg, best_model, history, val_ds
 
 
 def work_paths(workdir: str) -> dict[str, str]:
@@ -147,8 +193,7 @@ def check_workdir(workdir: str, cfg: config_lib.ExperimentConfig, run_info: Mapp
   """
   paths = work_paths(workdir)
   os.makedirs(workdir, exist_ok=True)
-  want_cfg = config_lib.to_dict(cfg)
-  want_cfg = runtime.json_round_trip(want_cfg)
+  want_cfg = runtime.json_round_trip(config_lib.to_dict(cfg))
   want_run = runtime.json_round_trip(dict(run_info))
   for path, want in ((paths["config"], want_cfg), (paths["run"], want_run)):
     if os.path.exists(path):
@@ -179,7 +224,7 @@ def probability_of(outputs: Any) -> tf.Tensor:
   return tf.reshape(tf.cast(outputs, tf.float32), [-1])
 
 
-def _bce(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
+def bce(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
   """Per-example binary cross-entropy on probabilities (clipped like Keras, float32)."""
   eps = 1e-7
   p = tf.clip_by_value(probs, eps, 1.0 - eps)
@@ -188,11 +233,26 @@ def _bce(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
 
 
 class Trainer:
-  """Builds the compiled train/predict steps of a `Job` under a strategy."""
+  """The compiled train / predict steps of one model and its variable groups under a strategy.
 
-  def __init__(self, job: Job, cfg: config_lib.ExperimentConfig,
-               strategy: tf.distribute.Strategy):
-    self.job = job
+  Args:
+    model: the Keras model (built inside ``strategy.scope()``).
+    groups: its variable groups (optimisers created inside the scope).
+    cfg: the run's config (global batch size, XLA).
+    strategy: the distribution strategy.
+    validation_step: ``(model, x) -> {"probability", ...}``; default: the probability alone.
+    augment: ``data.augment_on=device``: the `DeviceAugment` layer that turns each training batch
+      of windows into patches inside the train step (on the accelerator); None: batches are
+      patches already.
+  """
+
+  def __init__(self, model: keras.Model, groups: list[VariableGroup],
+               cfg: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
+               validation_step: Callable[[keras.Model, tf.Tensor], dict] | None = None,
+               augment: keras.layers.Layer | None = None):
+    self.model = model
+    self.augment = augment
+    self.groups = groups
     self.cfg = cfg
     self.strategy = strategy
     self.global_batch = cfg.data.batch_size
@@ -201,9 +261,10 @@ class Trainer:
       raise ValueError(f"data.batch_size={self.global_batch} is the global batch and must be a "
                        f"multiple of the {replicas} replicas in sync (docs/distributed.md)")
     with strategy.scope():
-      for group in job.groups:
+      for group in groups:
         group.optimizer.build(group.variables)
       self.train_auc = keras.metrics.AUC(name="train_auc", num_thresholds=200)
+    self._validation_step = validation_step or Task().validation_step
     self._train_fn = self._make_train_fn()
     self._predict_fn = self._make_predict_fn()
     self._sync_fn = self._make_sync_fn() if replicas > 1 else None
@@ -213,18 +274,18 @@ class Trainer:
   @property
   def model_variables(self) -> list:
     """Every model variable (weights, BN statistics, RNG states) in a fixed order."""
-    return list(self.job.model.variables)
+    return list(self.model.variables)
 
   @property
   def optimizer_variables(self) -> list:
-    return optim.optimizer_variables([g.optimizer for g in self.job.groups])
+    return optim.optimizer_variables([g.optimizer for g in self.groups])
 
   # -- steps -----------------------------------------------------------------------------------
 
   def _make_train_fn(self):
-    job, model = self.job, self.job.model
-    all_vars = [v for g in job.groups for v in g.variables]
-    sizes = [len(g.variables) for g in job.groups]
+    model, groups = self.model, self.groups
+    all_vars = [v for g in groups for v in g.variables]
+    sizes = [len(g.variables) for g in groups]
     replicas = self.strategy.num_replicas_in_sync
     global_batch = float(self.global_batch)
     xla = bool(self.cfg.train.xla)
@@ -232,9 +293,9 @@ class Trainer:
     def grads_fn(x, y):
       with tf.GradientTape() as tape:
         probs = probability_of(model(x, training=True))
-        ce = tf.reduce_sum(_bce(y, probs)) / global_batch
+        ce = tf.reduce_sum(bce(y, probs)) / global_batch
         l2 = tf.add_n([tf.cast(optim.l2_penalty(g.variables, g.l2), tf.float32)
-                       for g in job.groups]) / replicas
+                       for g in groups]) / replicas
         total = ce + l2
       grads = tape.gradient(total, all_vars)
       return ce, total, probs, grads
@@ -243,9 +304,11 @@ class Trainer:
       grads_fn = tf.function(grads_fn, jit_compile=True)
 
     def replica_step(x, y):
+      if self.augment is not None:
+        x = self.augment(x)
       ce, total, probs, grads = grads_fn(x, y)
       start = 0
-      for group, n in zip(job.groups, sizes):
+      for group, n in zip(groups, sizes):
         group.optimizer.apply(grads[start:start + n], group.variables)
         start += n
       self.train_auc.update_state(y, probs)
@@ -269,7 +332,7 @@ class Trainer:
     up to rounding) at one all-reduce per epoch. Frozen weights are identical on every replica
     and stay so.
     """
-    variables = [v for v in self.job.model.non_trainable_variables
+    variables = [v for v in self.model.non_trainable_variables
                  if tf.as_dtype(v.dtype).is_floating]
     if not variables:
       return None
@@ -284,13 +347,10 @@ class Trainer:
     return sync
 
   def _make_predict_fn(self):
-    model, gates = self.job.model, self.job.gates
+    model, step = self.model, self._validation_step
 
     def predict(x):
-      if gates:
-        prob, g = model(x, training=False, return_gates=True)
-        return {"probability": probability_of(prob), "gates": tf.cast(g, tf.float32)}
-      return {"probability": probability_of(model(x, training=False))}
+      return step(model, x)
 
     # reduce_retracing: the last evaluation batch is smaller; trace one shape-generic graph for it
     # instead of one per batch size.
@@ -314,6 +374,8 @@ class Trainer:
       if n == 0 and on_first_batch is not None:
         local_x = self.strategy.experimental_local_results(x)[0]
         local_y = self.strategy.experimental_local_results(y)[0]
+        if self.augment is not None:
+          local_x = self.augment(local_x)
         on_first_batch(local_x.numpy(), local_y.numpy())
       ce, total = self._train_fn(x, y)
       ce_sum += float(ce)
@@ -330,7 +392,7 @@ class Trainer:
     """Model outputs and labels over a finite eval dataset of dicts, concatenated."""
     parts: dict[str, list[np.ndarray]] = {}
     for batch in dataset:
-      out = self._predict_fn(batch["patch"])
+      out = dict(self._predict_fn(batch["patch"]))
       out["label"] = batch["label"]
       out["label_class"] = batch["label_class"]
       for key, value in out.items():
@@ -340,103 +402,205 @@ class Trainer:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+# -- the generic run, in named steps -------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Run:
+  """State of one `run` between its steps."""
+  task: Task
+  cfg: config_lib.ExperimentConfig
+  data_dir: str
+  paths: dict[str, str]
+  chief: bool
+  hm_lut: np.ndarray | None
+  extra_paths: dict[str, str]
+  trainer: Trainer
+  tracker: selection.BestTracker
+  logger: tensorboard.SummaryLogger
+  val_ds: tf.data.Dataset
+  log_images: bool
+  history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  next_epoch: int = 1
+  stopped: bool = False
+  ran_epochs: int = 0
+
+
+def run(task: Task, cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
+        strategy: tf.distribute.Strategy | None = None, deterministic: bool = False,
+        log_images: bool = True) -> TrainResult:
+  """Trains `task` in `workdir`, resuming from ``backup/`` if present; see the module docstring.
+
+  Args:
+    task: the job.
+    cfg: the resolved config (written to ``config.json``).
+    data_dir: converter output folder (TFRecords and ``cdf_*.npz``).
+    workdir: the run's folder; a finished one (``done.json``) is reused as it is.
+    strategy: default: `runtime.select_strategy(cfg.train.strategy)`.
+    deterministic: also turn on TF op determinism (process-wide; bit-exact reruns and resumes).
+      The entry points turn it on unless ``--nodeterministic``.
+    log_images: TensorBoard patch grids and ROC figures (off in tests that need no images).
+  """
+  done = result_from_done(workdir)
+  if done is not None:
+    logging.info("%s: done.json present, reusing the finished run", workdir)
+    return done
+  state = _prepare(task, cfg, data_dir, workdir, strategy, deterministic, log_images)
+  epochs = task.epochs(cfg)
+  while state.next_epoch <= epochs and not state.stopped:
+    record = _run_epoch(state, state.next_epoch, epochs)
+    _save_epoch(state, record)
+  state.logger.close()
+  return _finish(state)
+
+
+def _prepare(task: Task, cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
+             strategy: tf.distribute.Strategy | None, deterministic: bool, log_images: bool
+             ) -> _Run:
+  """Strategy, seeds, HM table, model and optimisers, work-dir check and restored state."""
+  strategy = strategy or runtime.select_strategy(cfg.train.strategy)
+  runtime.set_determinism(cfg.seed, op_determinism=deterministic)
+  chief = runtime.is_chief(strategy)
+  paths = work_paths(workdir)
+  run_info = {"job": task.kind, **task.run_info(cfg, workdir)}
+  extra_paths = dict(run_info.get("extra_paths", {}))
+  hm_lut = _hm_table(task, data_dir, workdir, chief, extra_paths)
+  if extra_paths:
+    run_info["extra_paths"] = extra_paths
+  with strategy.scope():
+    with runtime.dtype_policy(runtime.precision_policy(cfg.train.mixed_precision)):
+      model = task.build_model(cfg)
+    groups = task.build_groups(model, cfg)
+    augment = None
+    if cfg.data.augment_on == "device":
+      from mammo_tf.models import augment_layer  # pylint: disable=g-import-not-at-top
+      augment = augment_layer.for_config(cfg.data, hm_lut)
+  if chief:
+    check_workdir(workdir, cfg, run_info)
+  trainer = Trainer(model, groups, cfg, strategy, validation_step=task.validation_step,
+                    augment=augment)
+  state = _Run(task=task, cfg=cfg, data_dir=data_dir, paths=paths, chief=chief, hm_lut=hm_lut,
+               extra_paths=extra_paths, trainer=trainer,
+               tracker=selection.BestTracker(patience=cfg.train.early_stopping_patience),
+               logger=tensorboard.SummaryLogger(paths["tb"], enabled=chief),
+               val_ds=task.build_inputs(data_dir, "val", cfg, seed=0, hm_lut=hm_lut),
+               log_images=log_images)
+  _restore(state)
+  return state
+
+
+def _hm_table(task: Task, data_dir: str, workdir: str, chief: bool,
+              extra_paths: dict[str, str]) -> np.ndarray | None:
+  """The task's HM table (source domain -> FFDM), saved as ``hm_lut.npy``; None without HM."""
+  if not task.hm:
+    return None
+  lut = pipeline.hm_lut_for(data_dir, task.domain, "ffdm")
+  path = os.path.join(workdir, HM_LUT_FILE)
+  if chief:
+    os.makedirs(workdir, exist_ok=True)
+    np.save(path, np.asarray(lut, np.float32))
+  extra_paths["hm_lut"] = path
+  return lut
+
+
+def _restore(state: _Run) -> None:
+  """Model, optimisers, tracker and history from ``backup/`` when a checkpoint exists."""
+  backup = state.paths["backup"]
+  if not checkpoint.has_state(backup):
+    return
+  meta = checkpoint.load_state(backup, state.trainer.model_variables,
+                               state.trainer.optimizer_variables)
+  state.next_epoch = int(meta["next_epoch"])
+  state.tracker = selection.BestTracker.from_state(meta["tracker"])
+  state.history = list(meta["history"])
+  state.stopped = bool(meta.get("stopped", False))
+  logging.info("resuming %s from epoch %d", state.paths["workdir"], state.next_epoch)
+
+
+def _run_epoch(state: _Run, epoch: int, epochs: int) -> dict[str, Any]:
+  """Trains one epoch, validates, updates the tracker; returns the epoch's history record."""
+  task, cfg, trainer = state.task, state.cfg, state.trainer
+  t0 = time.time()
+  train_ds = task.build_inputs(state.data_dir, "train", cfg, seed=cfg.seed, epoch=epoch,
+                               hm_lut=state.hm_lut)
+
+  def log_patches(x, y):
+    if state.log_images:
+      state.logger.patches("train", x, y, step=epoch)
+
+  train_metrics = trainer.train_epoch(train_ds, pipeline.steps_per_epoch(cfg),
+                                      on_first_batch=log_patches)
+  outputs = trainer.predict(state.val_ds)
+  val_auc = task.selection_metric(outputs)
+  record: dict[str, Any] = {"epoch": epoch, **train_metrics, "val_auc": _json_float(val_auc),
+                            "val_size": int(outputs["label"].shape[0])}
+  for group in trainer.groups:
+    key = "learning_rate" if group is trainer.groups[0] else f"learning_rate_{group.name}"
+    record[key] = optim.current_learning_rate(group.optimizer)
+  record.update(task.on_validation(epoch, outputs, state.logger))
+  record["best"] = state.tracker.update(epoch, val_auc)
+  record["seconds"] = round(time.time() - t0, 3)
+  _log_epoch(state, record, outputs, epochs)
+  return record
+
+
+def _log_epoch(state: _Run, record: dict[str, Any], outputs: Mapping[str, np.ndarray],
+               epochs: int) -> None:
+  """TensorBoard scalars and curves of one epoch, and its log line."""
+  logger, epoch = state.logger, record["epoch"]
+  val_auc = _nan(record["val_auc"])
+  logger.scalars("train", {"loss": record["loss"], "total_loss": record["total_loss"],
+                           "auc": record["train_auc"],
+                           **{k: v for k, v in record.items() if k.startswith("learning_rate")}},
+                 step=epoch)
+  logger.scalars("val", {"auc": val_auc}, step=epoch)
+  if state.log_images:
+    logger.roc_curve("val", outputs["label"], outputs["probability"], step=epoch)
+  logger.pr_curve("val", outputs["label"], outputs["probability"], step=epoch)
+  logger.flush()
+  logging.info("epoch %d/%d: loss %.4f train AUC %.4f val AUC %.4f%s", epoch, epochs,
+               record["loss"], record["train_auc"], val_auc, " (best)" if record["best"] else "")
+
+
+def _save_epoch(state: _Run, record: dict[str, Any]) -> None:
+  """Appends the record; the chief writes ``best.keras`` (on improvement), ``history.json`` and,
+  last, the resume checkpoint."""
+  state.history.append(record)
+  state.stopped = state.tracker.should_stop
+  state.next_epoch = record["epoch"] + 1
+  state.ran_epochs += 1
+  if not state.chief:
+    return
+  if record["best"]:
+    _save_keras_atomic(state.trainer.model, state.paths["best"])
+  runtime.write_json_atomic(state.paths["history"], state.history)
+  checkpoint.save_state(state.paths["backup"], state.trainer.model_variables,
+                        state.trainer.optimizer_variables,
+                        {"next_epoch": state.next_epoch, "tracker": state.tracker.state(),
+                         "history": state.history, "stopped": state.stopped})
+
+
 def _save_keras_atomic(model: keras.Model, path: str) -> None:
   tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
   model.save(tmp)
   os.replace(tmp, path)
 
 
-def run(job: Job, cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
-        strategy: tf.distribute.Strategy, *, log_images: bool = True) -> TrainResult:
-  """Trains `job` in `workdir` (resuming from ``backup/`` if present); see the module docstring."""
-  paths = work_paths(workdir)
-  done = result_from_done(workdir)
-  if done is not None:
-    logging.info("%s: done.json present, reusing the finished run", workdir)
-    return done
-  chief = runtime.is_chief(strategy)
-  if chief:
-    check_workdir(workdir, cfg, {"job": job.kind, **job.run_info})
-  trainer = Trainer(job, cfg, strategy)
-  tracker = callbacks.BestTracker(patience=cfg.train.early_stopping_patience)
-  history: list[dict[str, Any]] = []
-  start_epoch, stopped = 1, False
-  if checkpoint.has_state(paths["backup"]):
-    meta = checkpoint.load_state(paths["backup"], trainer.model_variables,
-                                 trainer.optimizer_variables)
-    start_epoch = int(meta["next_epoch"])
-    tracker = callbacks.BestTracker.from_state(meta["tracker"])
-    history = list(meta["history"])
-    stopped = bool(meta.get("stopped", False))
-    logging.info("resuming %s from epoch %d", workdir, start_epoch)
-  logger = tensorboard.SummaryLogger(paths["tb"], enabled=chief)
-  steps = pipeline.steps_per_epoch(cfg)
-  val_ds = pipeline.make_eval_dataset(data_dir, job.domain, "val", cfg, seed=0,
-                                      hm_lut=job.hm_lut)
-  epoch, ran_epochs = start_epoch, 0
-  while epoch <= job.epochs and not stopped:
-    t0 = time.time()
-    train_ds = pipeline.make_train_dataset(data_dir, job.domain, "train", cfg,
-                                           seed=runtime.epoch_seed(cfg.seed, epoch),
-                                           hm_lut=job.hm_lut)
-
-    def log_patches(x, y, epoch=epoch):
-      if log_images:
-        logger.patches("train", x, y, step=epoch)
-
-    train_metrics = trainer.train_epoch(train_ds, steps, on_first_batch=log_patches)
-    outputs = trainer.predict(val_ds)
-    val_auc = callbacks.roc_auc(outputs["label"], outputs["probability"])
-    record: dict[str, Any] = {"epoch": epoch, **train_metrics, "val_auc": _json_float(val_auc),
-                              "val_size": int(outputs["label"].shape[0])}
-    for group in job.groups:
-      key = "learning_rate" if group is job.groups[0] else f"learning_rate_{group.name}"
-      record[key] = optim.current_learning_rate(group.optimizer)
-    if job.on_validation is not None:
-      record.update(job.on_validation(epoch, outputs, logger))
-    improved = tracker.update(epoch, val_auc)
-    record["best"] = improved
-    record["seconds"] = round(time.time() - t0, 3)
-    history.append(record)
-    logger.scalars("train", {"loss": train_metrics["loss"],
-                             "total_loss": train_metrics["total_loss"],
-                             "auc": train_metrics["train_auc"],
-                             **{k: v for k, v in record.items() if k.startswith("learning_rate")}},
-                   step=epoch)
-    logger.scalars("val", {"auc": val_auc}, step=epoch)
-    if log_images:
-      logger.roc_curve("val", outputs["label"], outputs["probability"], step=epoch)
-    logger.pr_curve("val", outputs["label"], outputs["probability"], step=epoch)
-    logger.flush()
-    logging.info("epoch %d/%d: loss %.4f train AUC %.4f val AUC %.4f%s", epoch, job.epochs,
-                 train_metrics["loss"], train_metrics["train_auc"], val_auc,
-                 " (best)" if improved else "")
-    stopped = tracker.should_stop
-    if chief:
-      if improved:
-        _save_keras_atomic(job.model, paths["best"])
-      runtime.write_json_atomic(paths["history"], history)
-      checkpoint.save_state(paths["backup"], trainer.model_variables,
-                            trainer.optimizer_variables,
-                            {"next_epoch": epoch + 1, "tracker": tracker.state(),
-                             "history": history, "stopped": stopped})
-    epoch += 1
-    ran_epochs += 1
-  logger.close()
-  if not chief:
+def _finish(state: _Run) -> TrainResult:
+  """Export of the best model, the task's last word, then ``done.json`` (chief only)."""
+  tracker, history, paths = state.tracker, state.history, dict(state.paths)
+  if not state.chief:
     return TrainResult(tracker.best_epoch, _nan(tracker.best_value), len(history), paths, history)
-  if ran_epochs and history[-1]["best"]:
-    best_model = job.model          # the last epoch is the best: it is what best.keras holds
+  if state.ran_epochs and history[-1]["best"]:
+    best_model = state.trainer.model   # the last epoch is the best: it is what best.keras holds
   else:
     best_model = keras.models.load_model(paths["best"])
-  export_lib.export_serving(best_model, paths["export"], cfg.input_size, hm_lut=job.hm_lut)
-  if job.on_finish is not None:
-    job.on_finish(best_model, history)
-  extra = {k: v for k, v in job.run_info.get("extra_paths", {}).items()}
+  export_lib.export_serving(best_model, paths["export"], state.cfg.input_size,
+                            hm_lut=state.hm_lut)
+  state.task.on_finish(state.cfg, best_model, history, state.val_ds)
   runtime.write_json_atomic(paths["done"], {
-      "job": job.kind, "best_epoch": tracker.best_epoch,
+      "job": state.task.kind, "best_epoch": tracker.best_epoch,
       "best_val_auc": _json_float(tracker.best_value), "epochs_run": len(history),
-      "early_stopped": stopped, "extra_paths": extra})
-  paths.update(extra)
+      "early_stopped": state.stopped, "extra_paths": state.extra_paths})
+  paths.update(state.extra_paths)
   return TrainResult(best_epoch=tracker.best_epoch, best_val_auc=_nan(tracker.best_value),
                      epochs_run=len(history), paths=paths, history=history)

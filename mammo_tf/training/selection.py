@@ -1,8 +1,9 @@
-"""Model selection by validation ROC AUC and early stopping (paper §2.3), as pure state machines.
+"""Best-epoch selection and early stopping (paper §2.3), as a pure state machine.
 
-The training loop calls `BestTracker.update(epoch, auc)` once per epoch; it answers whether this
-epoch is the new best (then the loop writes ``best.keras``) and whether to stop early. The state
-is a small dict so that the epoch checkpoint can carry it across a restart.
+The training loop calls `BestTracker.update(epoch, value)` once per epoch (epochs numbered from 1)
+with the job's selection metric (validation ROC AUC, `mammo_tf.evaluation.metrics.roc_auc`); it
+answers whether this epoch is the new best (then the loop writes ``best.keras``) and whether to
+stop early. The state is a small dict so that the epoch checkpoint can carry it across a restart.
 """
 
 from __future__ import annotations
@@ -10,20 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any, Mapping
-
-import numpy as np
-from sklearn import metrics as sk_metrics
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """ROC AUC by `sklearn.metrics.roc_auc_score`; NaN when only one class is present."""
-  labels = np.asarray(labels).reshape(-1)
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  if labels.shape != scores.shape:
-    raise ValueError(f"{labels.shape[0]} labels but {scores.shape[0]} scores")
-  if len(np.unique(labels)) < 2:
-    return float("nan")
-  return float(sk_metrics.roc_auc_score(labels, scores))
 
 
 def is_improvement(value: float, best: float | None, min_delta: float = 0.0) -> bool:
@@ -52,11 +39,12 @@ class BestTracker:
   patience: int = 0
   min_delta: float = 0.0
   best_value: float | None = None
-  best_epoch: int = -1
+  best_epoch: int = 0                         # 1-based; 0 until the first update
   bad_epochs: int = 0
 
   def update(self, epoch: int, value: float) -> bool:
-    """Records ``value`` for ``epoch`` (0-based); returns True when it is the new best."""
+    """Records ``value`` for ``epoch`` (1-based, as in ``history.json``); returns True when it
+    is the new best."""
     if is_improvement(float(value), self.best_value, self.min_delta):
       self.best_value = float(value)
       self.best_epoch = int(epoch)
@@ -79,10 +67,10 @@ class BestTracker:
 
 def select_best(values: list[float], patience: int = 0, min_delta: float = 0.0
                 ) -> tuple[int, int]:
-  """Replays a metric sequence: (best epoch, number of epochs run before early stopping)."""
+  """Replays a metric sequence of epochs 1, 2, ...: (best epoch, epochs run before stopping)."""
   tracker = BestTracker(patience=patience, min_delta=min_delta)
-  for epoch, value in enumerate(values):
+  for epoch, value in enumerate(values, start=1):
     tracker.update(epoch, value)
     if tracker.should_stop:
-      return tracker.best_epoch, epoch + 1
+      return tracker.best_epoch, epoch
   return tracker.best_epoch, len(values)

@@ -1,5 +1,8 @@
 """The SpotTune adaptation job (paper §2.4.3): gated frozen/tuned residual units + policy network.
 
+`SpotTuneTask` is a `loop.Task`: it builds the SpotTune model from the base classifier, its
+variable groups, a validation step that also returns the gates, and the policy statistics.
+
 Network and policy are trained together on one loss (cross-entropy of the output, no policy
 regulariser, as SpotTune's released code) with Adam, ``train.spottune_learning_rate`` and
 ``train.spottune_weight_decay`` (coupled L2 unless ``train.decoupled_weight_decay``) -- the paper's
@@ -22,15 +25,14 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from mammo_tf import config as config_lib
-from mammo_tf.data import pipeline
 from mammo_tf.models import spottune
 from mammo_tf.training import jobs
 from mammo_tf.training import loop
 from mammo_tf.training import optim
 from mammo_tf.training import policy as policy_lib
-from mammo_tf.training import runtime
 from mammo_tf.training import tensorboard
 
 
@@ -53,19 +55,6 @@ def build_groups(model: spottune.SpotTuneModel, train_cfg: config_lib.TrainConfi
                              optim.coupled_l2(pol_spec))]
 
 
-def _validation_hook(unit_names: list[str]):
-  def hook(epoch: int, outputs: dict, logger: tensorboard.SummaryLogger) -> dict[str, Any]:
-    fractions = policy_lib.fraction_tuned(outputs["gates"])
-    logger.scalars("val", {f"policy/{name}": float(f) for name, f in zip(unit_names, fractions)},
-                   step=epoch)
-    logger.scalars("val", {"policy/mean": float(np.mean(fractions))}, step=epoch)
-    summary = {"units": unit_names, "fraction_tuned": [float(f) for f in fractions]}
-    logger.image("val", "policy", policy_lib.policy_figure_image(summary, f"epoch {epoch}"),
-                 step=epoch)
-    return {"policy": [float(f) for f in fractions]}
-  return hook
-
-
 def policy_of_model(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
   """Hard decisions ``[N, T]`` (``training=False``) and labels ``[N]`` over an eval dataset."""
   gates, labels = [], []
@@ -76,48 +65,71 @@ def policy_of_model(model: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray
   return np.concatenate(gates), np.concatenate(labels)
 
 
-def train_spottune(cfg: config_lib.ExperimentConfig, data_dir: str, base_path: str, workdir: str,
-                   hm: bool) -> loop.TrainResult:
+class SpotTuneTask(loop.Task):
   """SpotTune from the FFDM base model on MIP (``dbt``) patches, raw or histogram-matched.
 
   ``train.spottune_epochs`` epochs; best model by validation AUC (``best.keras``, a
   `SpotTuneModel`); export with the HM layer when ``hm``; ``policy.json`` with the best model's
   per-unit fine-tune fractions on the validation patches.
   """
-  done = loop.result_from_done(workdir)
-  if done is not None:
-    return done
-  strategy = runtime.select_strategy(cfg.train.strategy)
-  runtime.set_determinism(cfg.seed)
-  lut = pipeline.hm_lut_for(data_dir, "dbt", "ffdm") if hm else None
-  with strategy.scope():
-    base = jobs.load_base(base_path)
-    with runtime.dtype_policy(runtime.precision_policy(cfg.train.mixed_precision)):
-      model = spottune.build_spottune(base, cfg.model, cfg.train, seed=cfg.seed)
-    groups = build_groups(model, cfg.train)
-  del base
-  policy_path = os.path.join(workdir, policy_lib.POLICY_FILE)
-  run_info: dict[str, Any] = {
-      "base": os.path.abspath(base_path), "hm": bool(hm), "frozen_bn": cfg.train.frozen_bn,
-      "train_stem": cfg.train.train_stem, "policy_eval": cfg.train.policy_eval,
-      "extra_paths": {"policy": policy_path}}
-  if lut is not None:
-    lut_path = os.path.join(workdir, jobs.HM_LUT_FILE)
-    os.makedirs(workdir, exist_ok=True)
-    np.save(lut_path, np.asarray(lut, np.float32))
-    run_info["extra_paths"]["hm_lut"] = lut_path
-  unit_names = list(model.unit_names)
+  kind = "spottune"
+  domain = "dbt"
 
-  def on_finish(best_model: keras.Model, history: list) -> None:
-    val_ds = pipeline.make_eval_dataset(data_dir, "dbt", "val", cfg, seed=0, hm_lut=lut)
+  def __init__(self, base_path: str, hm: bool):
+    self.base_path = base_path
+    self.hm = bool(hm)
+    self.unit_names: list[str] = []
+    self.policy_path = ""
+
+  def epochs(self, cfg: config_lib.ExperimentConfig) -> int:
+    return cfg.train.spottune_epochs
+
+  def run_info(self, cfg: config_lib.ExperimentConfig, workdir: str) -> dict[str, Any]:
+    self.policy_path = os.path.join(workdir, policy_lib.POLICY_FILE)
+    return {"base": os.path.abspath(self.base_path), "hm": self.hm,
+            "frozen_bn": cfg.train.frozen_bn, "train_stem": cfg.train.train_stem,
+            "policy_eval": cfg.train.policy_eval, "extra_paths": {"policy": self.policy_path}}
+
+  def build_model(self, cfg: config_lib.ExperimentConfig) -> keras.Model:
+    model = spottune.build_spottune(jobs.load_base(self.base_path), cfg.model, cfg.train,
+                                    seed=cfg.seed)
+    self.unit_names = list(model.unit_names)
+    return model
+
+  def build_groups(self, model: keras.Model, cfg: config_lib.ExperimentConfig
+                   ) -> list[loop.VariableGroup]:
+    return build_groups(model, cfg.train)
+
+  def validation_step(self, model: keras.Model, x):
+    prob, gates = model(x, training=False, return_gates=True)
+    return {"probability": loop.probability_of(prob), "gates": tf.cast(gates, tf.float32)}
+
+  def on_validation(self, epoch: int, outputs, logger: tensorboard.SummaryLogger
+                    ) -> dict[str, Any]:
+    """Per-unit fraction of validation patches routed to the tuned copy: scalars, a bar chart
+    and the history's ``policy`` field."""
+    fractions = policy_lib.fraction_tuned(outputs["gates"])
+    names = self.unit_names
+    logger.scalars("val", {f"policy/{name}": float(f) for name, f in zip(names, fractions)},
+                   step=epoch)
+    logger.scalars("val", {"policy/mean": float(np.mean(fractions))}, step=epoch)
+    summary = {"units": names, "fraction_tuned": [float(f) for f in fractions]}
+    logger.image("val", "policy", policy_lib.policy_figure_image(summary, f"epoch {epoch}"),
+                 step=epoch)
+    return {"policy": [float(f) for f in fractions]}
+
+  def on_finish(self, cfg: config_lib.ExperimentConfig, best_model: keras.Model, history: list,
+                val_ds) -> None:
     gates, labels = policy_of_model(best_model, val_ds)
     best_epoch = max((r for r in history if r.get("best")), key=lambda r: r["epoch"])["epoch"]
     summary = policy_lib.policy_summary(
-        gates, labels, unit_names, decision=cfg.train.policy_eval, split="val",
-        epoch=int(best_epoch), hm=bool(hm), per_epoch=[r.get("policy") for r in history])
-    policy_lib.save_policy(policy_path, summary)
+        gates, labels, self.unit_names, decision=cfg.train.policy_eval, split="val",
+        epoch=int(best_epoch), hm=self.hm, per_epoch=[r.get("policy") for r in history])
+    policy_lib.save_policy(self.policy_path, summary)
 
-  job = loop.Job(kind="spottune", model=model, groups=groups, domain="dbt",
-                 epochs=cfg.train.spottune_epochs, hm_lut=lut, run_info=run_info, gates=True,
-                 on_validation=_validation_hook(unit_names), on_finish=on_finish)
-  return loop.run(job, cfg, data_dir, workdir, strategy)
+
+def train_spottune(cfg: config_lib.ExperimentConfig, data_dir: str, base_path: str, workdir: str,
+                   hm: bool, *, deterministic: bool = False) -> loop.TrainResult:
+  """Runs `SpotTuneTask` from ``base_path`` in ``workdir``; see `loop.run`."""
+  return loop.run(SpotTuneTask(base_path, hm), cfg, data_dir, workdir,
+                  deterministic=deterministic)

@@ -34,29 +34,34 @@ def _free_ports(n):
       s.close()
 
 
+def _keep_model_task():
+  from mammo_tf.training import jobs
+
+  class KeepModelTask(jobs.BaseTask):
+    """The base job, keeping a handle on the model it builds."""
+    model = None
+
+    def build_model(self, cfg):
+      self.model = super().build_model(cfg)
+      return self.model
+
+  return KeepModelTask()
+
+
 def worker_main(index: int, ports: str, data_dir: str, workdir: str, out: str) -> None:
-  """One worker: the base job's set-up (as `jobs.train_base`), `loop.run`, then its weights."""
+  """One worker: the base job (`jobs.BaseTask`) under `loop.run`, then its weights."""
   ports = ports.split(",")
   os.environ["TF_CONFIG"] = json.dumps({
       "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
       "task": {"type": "worker", "index": index}})
-  from mammo_tf.models import resnet  # pylint: disable=g-import-not-at-top
-  from mammo_tf.training import loop, optim, runtime  # pylint: disable=g-import-not-at-top
-  from tests.training.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import loop, runtime
+  from tests.training.conftest import tiny_config
   cfg = tiny_config("train.strategy=multi_worker", f"train.epochs={EPOCHS}",
                     "data.samples_per_epoch=24", "data.batch_size=8")
   strategy = runtime.select_strategy(cfg.train.strategy)
-  runtime.set_determinism(cfg.seed)
-  spec = optim.OptimizerSpec(learning_rate=cfg.train.learning_rate,
-                             weight_decay=cfg.train.weight_decay,
-                             decoupled=cfg.train.decoupled_weight_decay)
-  with strategy.scope():
-    model = resnet.build_classifier(cfg.model, cfg.input_size)
-    optimizer = optim.make_optimizer(spec, name="adam")
-  groups = [loop.VariableGroup("network", list(model.trainable_variables), optimizer,
-                               optim.coupled_l2(spec))]
-  job = loop.Job(kind="base", model=model, groups=groups, domain="ffdm", epochs=cfg.train.epochs)
-  result = loop.run(job, cfg, data_dir, workdir, strategy, log_images=False)
+  task = _keep_model_task()
+  result = loop.run(task, cfg, data_dir, workdir, strategy=strategy, log_images=False)
+  model = task.model
   arrays = {f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
   arrays["replicas"] = np.array(strategy.num_replicas_in_sync)
   arrays["chief"] = np.array(runtime.is_chief(strategy))

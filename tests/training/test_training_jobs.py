@@ -9,16 +9,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn import metrics as sk_metrics
 
 from mammo_tf.data import cdf
 from mammo_tf.data import pipeline
 from mammo_tf.models import resnet
 from mammo_tf.models import spottune
-from mammo_tf.training import callbacks
 from mammo_tf.training import export
 from mammo_tf.training import jobs
 from mammo_tf.training import loop
 from mammo_tf.training import optim
+from mammo_tf.training import selection
 from mammo_tf.training import spottune_train
 from mammo_tf.training import tensorboard
 from tests.training.conftest import tiny_config
@@ -32,15 +33,14 @@ def _val_batch(data_dir, cfg, domain="ffdm"):
 
 def _bce(model, x, y, training):
   p = loop.probability_of(model(x, training=training))
-  return float(tf.reduce_mean(loop._bce(y, p)))
+  return float(tf.reduce_mean(loop.bce(y, p)))
 
 
 def _trainer(model, lr, cfg):
   spec = optim.OptimizerSpec(lr, cfg.train.weight_decay)
   group = loop.VariableGroup("all", list(model.trainable_variables),
                              optim.make_optimizer(spec), optim.coupled_l2(spec))
-  job = loop.Job("base", model, [group], "ffdm", 1)
-  return loop.Trainer(job, cfg, tf.distribute.get_strategy())
+  return loop.Trainer(model, [group], cfg, tf.distribute.get_strategy())
 
 
 # -- the step itself -------------------------------------------------------------------------------
@@ -84,14 +84,14 @@ def test_base_run_files_and_best_selection(base_run, tiny_cfg, data_dir):
   history = json.load(open(os.path.join(w, "history.json")))
   assert [r["epoch"] for r in history] == [1, 2, 3] and base_run.epochs_run == 3
   aucs = [float("nan") if r["val_auc"] is None else r["val_auc"] for r in history]
-  best0, _ = callbacks.select_best(aucs)
-  assert base_run.best_epoch == best0 + 1
+  best_epoch, _ = selection.select_best(aucs)
+  assert base_run.best_epoch == best_epoch
   # best.keras really is the model of the best epoch: it reproduces that epoch's validation AUC.
   model = keras.models.load_model(base_run.paths["best"])
   val = pipeline.make_eval_dataset(data_dir, "ffdm", "val", tiny_cfg, seed=0)
   probs = np.concatenate([model.predict_on_batch(b["patch"]).reshape(-1) for b in val])
   labels = np.concatenate([b["label"].numpy() for b in val])
-  assert callbacks.roc_auc(labels, probs) == pytest.approx(base_run.best_val_auc, abs=1e-6)
+  assert sk_metrics.roc_auc_score(labels, probs) == pytest.approx(base_run.best_val_auc, abs=1e-6)
   done = json.load(open(os.path.join(w, "done.json")))
   assert done["job"] == "base" and done["best_epoch"] == base_run.best_epoch
   assert json.load(open(os.path.join(w, "config.json")))["train"]["epochs"] == 3
@@ -121,6 +121,7 @@ _FRESH = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
+from sklearn import metrics as sk_metrics
 fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 x = np.load(sys.argv[2])
 out = fn(patch=tf.constant(x))

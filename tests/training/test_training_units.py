@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
-from mammo_tf.training import callbacks
+from mammo_tf.training import loop
 from mammo_tf.training import optim
 from mammo_tf.training import policy
 from mammo_tf.training import runtime
+from mammo_tf.training import selection
 from mammo_tf.training import tensorboard
 
 
@@ -20,36 +21,39 @@ from mammo_tf.training import tensorboard
 
 def test_best_epoch_on_a_scripted_auc_sequence():
   aucs = [0.55, 0.61, 0.60, 0.74, 0.74, 0.70, 0.73]
-  tracker = callbacks.BestTracker()
+  tracker = selection.BestTracker()
   flags = [tracker.update(e, a) for e, a in enumerate(aucs, start=1)]
   assert flags == [True, True, False, True, False, False, False]
   assert tracker.best_epoch == 4 and tracker.best_value == 0.74   # the tie at epoch 5 keeps 4
-  assert callbacks.select_best(aucs) == (3, 7)                    # 0-based replay
+  assert selection.select_best(aucs) == (4, 7)                    # the same, replayed
 
 
 def test_early_stopping_counts_epochs_without_progress():
-  assert callbacks.select_best([0.5, 0.6, 0.59, 0.58, 0.9], patience=2) == (1, 4)
-  assert callbacks.select_best([0.5, 0.6, 0.59, 0.61, 0.6], patience=2) == (3, 5)
-  tracker = callbacks.BestTracker(patience=1)
+  assert selection.select_best([0.5, 0.6, 0.59, 0.58, 0.9], patience=2) == (2, 4)
+  assert selection.select_best([0.5, 0.6, 0.59, 0.61, 0.6], patience=2) == (4, 5)
+  tracker = selection.BestTracker(patience=1)
   tracker.update(1, 0.7)
   tracker.update(2, 0.6)
   assert tracker.should_stop
-  restored = callbacks.BestTracker.from_state(tracker.state())
+  restored = selection.BestTracker.from_state(tracker.state())
   assert restored == tracker
 
 
 def test_nan_auc_never_wins_but_the_first_epoch_is_kept():
   nan = float("nan")
-  assert callbacks.select_best([nan, nan])[0] == 0
-  assert callbacks.select_best([nan, 0.5, nan, 0.4])[0] == 1
-  assert math.isnan(callbacks.roc_auc(np.ones(4), np.arange(4.0)))
+  assert selection.select_best([nan, nan])[0] == 1
+  assert selection.select_best([nan, 0.5, nan, 0.4])[0] == 2
+  one_class = {"label": np.ones(4), "probability": np.arange(4.0)}
+  assert math.isnan(loop.Task().selection_metric(one_class))
 
 
-def test_roc_auc_is_sklearns():
+def test_selection_metric_is_sklearns_roc_auc():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 2, 200)
   scores = rng.random(200) + 0.3 * labels
-  assert callbacks.roc_auc(labels, scores) == sk_metrics.roc_auc_score(labels, scores)
+  outputs = {"label": labels.astype(np.float32), "probability": scores}
+  assert loop.Task().selection_metric(outputs) == pytest.approx(
+      sk_metrics.roc_auc_score(labels, scores), abs=1e-12)
 
 
 # -- optimisers and weight decay -------------------------------------------------------------------
