@@ -8,7 +8,7 @@ SEED   ?= 0
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,14 @@ $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
 
 install: $(VENV)/.installed-$(EXTRAS)
 
-test: install
+# Style (pyproject.toml [tool.ruff], CONTRIBUTING.md); `make test` runs it first.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install
