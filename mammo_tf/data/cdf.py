@@ -7,7 +7,13 @@ We average *normalised per-image* c.d.f.s (every image weighs the same), compute
 pixels only on the 12-bit grid 0..4095. The lookup table maps a source level k to
 ``C_ref^-1(C_src(k))`` where the inverse is a linear interpolation over the reference levels at
 which ``C_ref`` increases (empty reference bins are dropped, as `skimage.exposure.match_histograms`
-does). With one source and one reference image this reproduces `match_histograms` exactly.
+does). With one source and one reference image this reproduces `match_histograms` exactly on every
+non-zero source level.
+
+Edges: source levels below the lowest populated source level ``s0`` (where ``C_src`` is still 0:
+a dark non-zero background, interpolated patch borders) map linearly onto ``[0, r0]``, ``r0`` the
+lowest populated reference level (``LUT[k] = k * r0 / s0``), instead of all jumping to ``r0``;
+level 0 (background) always maps to 0.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ def hm_lut(src_cdf: np.ndarray, ref_cdf: np.ndarray) -> np.ndarray:
   """Algorithm 1: LUT[k] = C_ref^-1(C_src(k)) with a linearly interpolated inverse.
 
   Returns float32 [len(src_cdf)] in reference intensity units. Levels where the reference
-  c.d.f. does not increase are dropped before inverting.
+  c.d.f. does not increase are dropped before inverting. Below the lowest populated source level
+  the table ramps linearly from 0 to the lowest populated reference level; ``LUT[0] = 0``.
   """
   src = np.asarray(src_cdf, np.float64)
   ref = np.asarray(ref_cdf, np.float64)
@@ -58,8 +65,15 @@ def hm_lut(src_cdf: np.ndarray, ref_cdf: np.ndarray) -> np.ndarray:
   keep = increments > 0
   if not keep.any():
     raise ValueError("reference c.d.f. is empty")
+  if not (src > 0).any():
+    raise ValueError("source c.d.f. is empty")
   ref_levels = np.nonzero(keep)[0].astype(np.float64)
-  return np.interp(src, ref[keep], ref_levels).astype(np.float32)
+  lut = np.interp(src, ref[keep], ref_levels)
+  s0 = int(np.argmax(src > 0))     # lowest populated source level
+  if s0 > 0:
+    lut[:s0] = np.arange(s0, dtype=np.float64) * (ref_levels[0] / s0)
+  lut[0] = 0.0
+  return lut.astype(np.float32)
 
 
 def apply_lut(image: np.ndarray, lut: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
