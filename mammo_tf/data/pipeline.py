@@ -34,13 +34,11 @@ on the order or on the other images.
 
 from __future__ import annotations
 
-import os
-import struct
-
 import tensorflow as tf
 
 from mammo_tf.data import augment
 from mammo_tf.data import schema
+from mammo_tf.data import writer
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -96,22 +94,11 @@ _COUNT_CACHE: dict[tuple, int] = {}
 
 
 def _count_records(path: str) -> int:
-  """Records in one TFRecord file, from the length headers only (seeks over the payloads)."""
-  size = tf.io.gfile.stat(path).length
-  key = (path, size, tf.io.gfile.stat(path).mtime_nsec)
+  """`writer.count_records`, cached per process by (path, size, mtime)."""
+  st = tf.io.gfile.stat(path)
+  key = (path, st.length, st.mtime_nsec)
   if key not in _COUNT_CACHE:
-    count = pos = 0
-    with tf.io.gfile.GFile(path, "rb") as f:
-      while pos < size:
-        f.seek(pos)
-        header = f.read(8)
-        if len(header) < 8:
-          raise ValueError(f"truncated TFRecord file {os.path.basename(path)} at byte {pos}")
-        pos += 16 + struct.unpack("<Q", header)[0]   # length, its crc, payload, payload crc
-        count += 1
-    if pos != size:
-      raise ValueError(f"truncated TFRecord file {os.path.basename(path)} (last record cut)")
-    _COUNT_CACHE[key] = count
+    _COUNT_CACHE[key] = writer.count_records(path)
   return _COUNT_CACHE[key]
 
 

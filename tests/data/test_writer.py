@@ -56,3 +56,43 @@ def test_write_skip_rewrite_and_cleanup(tmp_path):
       "ffdm/val-neg-00000-of-00007.tfrecord"]
   assert sorted(os.listdir(os.path.join(out, "ffdm"))) == sorted(
       [r.split("/")[1] for r in plan] + ["notes.txt"])
+
+
+def test_shard_counts_follow_the_data_or_a_fixed_count():
+  mib = 2 ** 20
+  sizes = ([("ffdm", "train", False, 10 * mib)] * 100 + [("ffdm", "train", True, 10 * mib)] * 3
+           + [("dbt", "val", True, 1000)])
+  counts = writer.shard_counts(sizes, shard_size_mb=192)
+  # 1000 MiB of negatives -> ceil(1000 / 192) = 6 shards; 30 MiB and 1000 B -> one shard each.
+  assert counts == {("dbt", "val", True): 1, ("ffdm", "train", False): 6,
+                    ("ffdm", "train", True): 1}
+  assert writer.shard_counts(sizes, num_shards=4) == {k: 4 for k in counts}
+  assert writer.shards_for_bytes(192 * mib, 192 * mib) == 1
+  assert writer.shards_for_bytes(192 * mib + 1, 192 * mib) == 2
+  with pytest.raises(ValueError, match="target shard size"):
+    writer.shards_for_bytes(10, 0)
+
+
+def test_sized_plan_writes_shards_near_the_target_and_reports_them(tmp_path):
+  import tensorflow as tf  # the reference reader for record counts
+  out, state = str(tmp_path / "out"), str(tmp_path / "out" / ".cache" / "shards")
+  payload = {f"key{i}": bytes([i % 251]) * 1000 for i in range(40)}
+  items = _items()
+  sizes = [(d, s, p, len(payload[k])) for d, s, p, _, k in items]
+  counts = writer.shard_counts(sizes, shard_size_mb=5000 / 2 ** 20)   # 5,000-byte target
+  # 14 positives (14,000 B) -> 3 shards, 26 negatives (26,000 B) -> 6 shards.
+  assert counts == {("ffdm", "train", True): 3, ("ffdm", "train", False): 6}
+  plan = writer.plan_shards(items, counts)
+  assert len(plan) == 9 and "ffdm/train-neg-00005-of-00006.tfrecord" in plan
+  writer.write_all(out, plan, state, lambda key: payload[key])
+  stats = writer.shard_stats(out, ["ffdm", "dbt"])
+  assert set(stats) == {"ffdm/train-pos", "ffdm/train-neg"}
+  assert stats["ffdm/train-pos"]["shards"] == 3 and stats["ffdm/train-neg"]["shards"] == 6
+  for group, positive in (("ffdm/train-pos", "pos"), ("ffdm/train-neg", "neg")):
+    files = [os.path.join(out, rel) for rel in plan if f"-{positive}-" in rel]
+    assert stats[group]["records"] == sum(1 for _ in tf.data.TFRecordDataset(files))
+    assert stats[group]["bytes"] == sum(os.path.getsize(f) for f in files)
+    assert stats[group]["max_shard_bytes"] == max(os.path.getsize(f) for f in files)
+  for rel in plan:
+    path = os.path.join(out, rel)
+    assert writer.count_records(path) == sum(1 for _ in tf.data.TFRecordDataset(path))
