@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
+from mammo_tf import cli  # pylint: disable=g-import-not-at-top
 from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from mammo_tf.data import cdf as cdf_lib  # pylint: disable=g-import-not-at-top
 from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,9 +10,12 @@ options after `--` say otherwise, e.g. `-- --runner=FlinkRunner --flink_master=H
 writes the same shards, c.d.f.s, summary.json and errors.csv (mammo_tf/data/beam_pipeline.py,
 docs/scale_out.md). --workers applies to the local runner only.
 
-Exit status: 0 every input converted; 1 some inputs rejected (listed in DIR/errors.csv), the rest
-converted; 2 nothing could be done (missing or unusable manifest, no valid rows, unwritable output,
-no image converted). Rerunning the same command resumes an interrupted run; the result is
+Exit status (mammo_tf/cli.py): 0 every input converted; 1 some inputs rejected (listed in
+DIR/errors.csv by manifest line and salted image hash; add --errors_with_paths to list the paths
+too), the rest converted; 2 nothing could be done (bad flag or override, missing or unusable
+manifest, no valid rows, unwritable output or disk full, no image converted), one line, no
+traceback; 3 an unexpected failure (traceback). --image_time_limit S stops any image that takes
+longer than S seconds (not cached: retried on the next run). Rerunning the same command resumes an interrupted run; the result is
 byte-identical to an uninterrupted one whatever --workers. See mammo_tf/data/convert.py.
 """
 
@@ -24,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
+from mammo_tf import cli  # pylint: disable=g-import-not-at-top
 from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
 from mammo_tf.data import privacy  # pylint: disable=g-import-not-at-top
@@ -72,8 +76,10 @@ def main(argv):
                                                  salt=salt, pipeline_args=beam_args)
     else:
       report = convert.run_conversion(FLAGS.manifest, FLAGS.out, cfg, seed=FLAGS.seed,
-                                      workers=FLAGS.workers, salt=salt)
-  except (convert.ConversionError, privacy.SaltError, KeyError, ValueError) as e:
+                                      workers=FLAGS.workers, salt=salt,
+                                      image_time_limit=FLAGS.image_time_limit,
+                                      errors_with_paths=FLAGS.errors_with_paths)
+  except (convert.ConversionError, privacy.SaltError, ValueError) as e:
     logging.error("nothing converted: %s", e)
     return convert.EXIT_NOTHING
   except OSError as e:   # disk full, I/O error while writing: rerunning resumes
@@ -88,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

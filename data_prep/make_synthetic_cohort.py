@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from mammo_tf import cli
 from mammo_tf import config
 from mammo_tf.synthetic.cohort import generate_cohort
 
@@ -33,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ FFDM, MIP and HM-MIP on 0..4095.
 from absl import app
 from absl import flags
 
+from mammo_tf import cli
 from mammo_tf import config
 from mammo_tf.data import figures
 
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mammo_tf import cli
 from mammo_tf import config as config_lib
 from mammo_tf.evaluation import evaluate
 from mammo_tf.evaluation import study
@@ -67,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mammo_tf import cli
 from mammo_tf import config as config_lib
 from mammo_tf.evaluation import heatmap
 
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

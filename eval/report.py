@@ -8,6 +8,7 @@ import os
 from absl import app
 from absl import flags
 
+from mammo_tf import cli
 from mammo_tf.evaluation import report
 from mammo_tf.evaluation import study
 
@@ -25,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -210,7 +210,13 @@ def _coerce(value: Any, current: Any) -> Any:
       if low not in ("true", "false", "1", "0"):
         raise ValueError(f"expected a boolean, got {value!r}")
       return low in ("true", "1")
-    value = ast.literal_eval(value)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+      if isinstance(current, (int, float, tuple)):
+        raise ValueError(f"expected a {type(current).__name__}, got {value!r}") from None
+  if isinstance(value, (list, tuple, dict, set)) and not isinstance(current, tuple):
+    raise ValueError(f"expected a single {type(current).__name__}, got {value!r}")
   if isinstance(current, bool):
     return bool(value)
   if isinstance(current, int):
@@ -248,19 +254,30 @@ def override(cfg: Any, overrides: Mapping[str, Any] | Sequence[str] | None) -> A
   return cfg
 
 
+class UnknownConfigKey(KeyError, ValueError):
+  """An override naming no config field (a KeyError, and a ValueError for the entry points)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
 def _set_path(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
   names = {f.name for f in dataclasses.fields(obj)}
   head = path[0]
   if head not in names:
-    raise KeyError(f"unknown config key {full_key!r} (no field {head!r} in "
+    raise UnknownConfigKey(f"unknown config key {full_key!r} (no field {head!r} in "
                    f"{type(obj).__name__}; fields: {sorted(names)})")
   current = getattr(obj, head)
   if len(path) == 1:
     if dataclasses.is_dataclass(current):
-      raise KeyError(f"config key {full_key!r} names a section, not a field")
-    return dataclasses.replace(obj, **{head: _coerce(value, current)})
+      raise UnknownConfigKey(f"config key {full_key!r} names a section, not a field")
+    try:
+      coerced = _coerce(value, current)
+    except (ValueError, TypeError, OverflowError) as e:
+      raise ValueError(f"override {full_key}: {e}") from None
+    return dataclasses.replace(obj, **{head: coerced})
   if not dataclasses.is_dataclass(current):
-    raise KeyError(f"config key {full_key!r}: {head!r} is not a section")
+    raise UnknownConfigKey(f"config key {full_key!r}: {head!r} is not a section")
   return dataclasses.replace(obj, **{head: _set_path(current, path[1:], value, full_key)})
 
 
@@ -269,7 +286,71 @@ def get_config(preset: str = "paper",
   """Returns the named preset with overrides applied."""
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-  return override(PRESETS[preset](), overrides)
+  return validate(override(PRESETS[preset](), overrides))
+
+
+_POSITIVE = {
+    "data": ("downsample", "patch_size", "mask_downsample", "batch_size", "shard_size_mb",
+             "samples_per_epoch", "eval_batch_size", "reuse", "shuffle_buffer"),
+    "model": ("stem_filters", "blocks_per_stage", "stem_stride", "policy_stem_filters",
+              "policy_downsample"),
+    "train": ("epochs", "finetune_epochs", "spottune_epochs", "learning_rate",
+              "finetune_learning_rate", "spottune_learning_rate"),
+}
+_NON_NEGATIVE = {
+    "data": ("cdf_samples_ffdm", "cdf_samples_dbt", "noise_std", "translate_std", "rotation_deg",
+             "num_shards"),
+    "train": ("weight_decay", "finetune_weight_decay", "spottune_weight_decay",
+              "policy_learning_rate", "early_stopping_patience"),
+}
+_ENUMS = {
+    ("data", "image_codec"): ("png", "raw"),
+    ("data", "canonical_laterality"): ("", "L", "R"),
+    ("train", "frozen_bn"): ("frozen", "live"),
+    ("train", "policy_eval"): ("argmax", "sample"),
+    ("train", "strategy"): ("auto", "default", "mirrored", "multi_worker"),
+}
+
+
+class ConfigError(ValueError):
+  """An invalid configuration value (raised when the config is built)."""
+
+
+def _check_numbers(section: str, obj: Any) -> None:
+  import math  # pylint: disable=g-import-not-at-top
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    for v in (value if isinstance(value, tuple) else (value,)):
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{section}.{f.name} must be a finite number, got {v!r}")
+  for name in _POSITIVE.get(section, ()):
+    if hasattr(obj, name) and not getattr(obj, name) > 0:
+      raise ConfigError(f"{section}.{name} must be positive, got {getattr(obj, name)!r}")
+  for name in _NON_NEGATIVE.get(section, ()):
+    if hasattr(obj, name) and not getattr(obj, name) >= 0:
+      raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(obj, name)!r}")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+  """Checks sizes, enums and numbers when a config is built; raises `ConfigError` (a ValueError)
+  naming the field. Returns `cfg`."""
+  for section in ("data", "model", "train", "synthetic"):
+    if hasattr(cfg, section):
+      _check_numbers(section, getattr(cfg, section))
+  for (section, name), allowed in _ENUMS.items():
+    value = getattr(getattr(cfg, section), name, None)
+    if value not in allowed:
+      raise ConfigError(f"{section}.{name} must be one of {allowed}, got {value!r}")
+  d = cfg.data
+  fractions = d.split_fractions
+  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+    raise ConfigError(f"data.split_fractions must be 3 non-negative numbers summing to 1, got "
+                      f"{fractions!r}")
+  if not d.eval_seeds:
+    raise ConfigError("data.eval_seeds must list at least one seed")
+  if not cfg.model.stage_filters or min(cfg.model.stage_filters) <= 0:
+    raise ConfigError(f"model.stage_filters must be positive, got {cfg.model.stage_filters!r}")
+  return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -297,4 +378,4 @@ def from_dict(d: Mapping[str, Any], cls: type = ExperimentConfig) -> Any:
 
 
 def from_json(text: str) -> ExperimentConfig:
-  return from_dict(json.loads(text))
+  return validate(from_dict(json.loads(text)))

@@ -9,6 +9,8 @@ Without --preset the config is the base run's config.json (same geometry and wid
 from absl import app
 from absl import logging
 
+from mammo_tf import cli
+
 from train import flags as train_flags
 
 train_flags.define_common()
@@ -29,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

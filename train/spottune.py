@@ -12,6 +12,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mammo_tf import cli
+
 from train import flags as train_flags
 
 train_flags.define_common()
@@ -44,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,6 +10,8 @@ work dir (done.json) is reused.
 from absl import app
 from absl import logging
 
+from mammo_tf import cli
+
 from train import flags as train_flags
 
 train_flags.define_common()
@@ -30,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -67,8 +67,8 @@ def convert_row(row: manifest_lib.ManifestRow, split: str, key: str,
   try:
     record = convert.convert_image(row, split, cfg, salt)
   except Exception as e:  # pylint: disable=broad-except
-    meta = {"status": "error", "reason": convert._error_reason(e),  # pylint: disable=protected-access
-            "line": row.line, "where": row.given_path}
+    meta = {"status": "error", "reason": convert._error_reason(e, row),  # pylint: disable=protected-access
+            "line": row.line, "where": row.given_path, "image_id": row.image_id}
     return meta, None, None
   serialized = schema.encode_example(record, cfg.data.image_codec)
   positive = record["label"] in config_lib.POSITIVE_LABELS
@@ -99,14 +99,15 @@ def write_one_shard(out_dir: str, relpath: str, items: Iterable[tuple[str, str, 
 
 def finalize(out_dir: str, cfg: config_lib.ExperimentConfig, seed: int, num_rows: int,
              manifest_errors: Sequence[manifest_lib.RowError], metas: Sequence[dict],
-             hists: Sequence[tuple[str, np.ndarray]]) -> dict:
+             hists: Sequence[tuple[str, np.ndarray]], salt: bytes | None = None,
+             errors_with_paths: bool = False) -> dict:
   """Empty shards, stale-shard removal, c.d.f.s, errors.csv and summary.json; returns the summary.
 
   Runs once, after every non-empty shard is written (the pipeline makes them a side input).
   """
   ok = sorted((m for m in metas if m["status"] == "ok"), key=lambda m: m["line"])
   errors = list(manifest_errors) + [
-      manifest_lib.RowError(m["where"], m["reason"], m["line"])
+      manifest_lib.RowError(m["where"], m["reason"], m["line"], m.get("image_id", ""))
       for m in metas if m["status"] != "ok"]
   errors.sort(key=lambda e: e.line)
   plan = writer.plan_shards(((m["domain"], m["split"], m["label"] in config_lib.POSITIVE_LABELS,
@@ -117,8 +118,11 @@ def finalize(out_dir: str, cfg: config_lib.ExperimentConfig, seed: int, num_rows
       write_one_shard(out_dir, relpath, [])
 
   hist_by_image = dict(hists)
+  writer.write_checksums(out_dir, plan, os.path.join(out_dir, convert.CACHE_DIR, "shards"),
+                         os.path.join(out_dir, convert.SHARDS))
   summary = convert.write_cdfs_and_reports(out_dir, ok, errors, hist_by_image.__getitem__,
-                                           cfg=cfg, seed=seed, num_rows=num_rows)
+                                           cfg=cfg, seed=seed, num_rows=num_rows, salt=salt,
+                                           errors_with_paths=errors_with_paths)
   return summary
 
 
@@ -137,7 +141,7 @@ def sampled_images(metas: Sequence[dict], cfg: config_lib.ExperimentConfig, seed
 
 def _read_errors(path: str) -> list[manifest_lib.RowError]:
   with open(path, newline="", encoding="utf-8") as f:
-    return [manifest_lib.RowError(r["path"], r["reason"], int(r["line"]))
+    return [manifest_lib.RowError(r.get("path", ""), r["reason"], int(r["line"]))
             for r in csv.DictReader(f)]
 
 
@@ -180,7 +184,7 @@ def build_pipeline(pipeline, tasks: Sequence[tuple], out_dir: str,
   def _finalize(_, metas, hists, written):
     del written  # only orders this step after the shard writers
     finalize(out_dir, config_lib.from_json(cfg_json), seed, num_rows, manifest_errors, metas,
-             hists)
+             hists, salt)
 
   _ = (pipeline
        | "Once" >> beam.Create([None])
@@ -201,13 +205,10 @@ def run_beam_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentC
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
 
-  try:
-    rows, manifest_errors = manifest_lib.read_manifest(manifest)
-  except manifest_lib.ManifestError as e:
-    raise convert.ConversionError(str(e)) from None
-  num_rows = len(rows) + len(manifest_errors)
-  if not rows:
-    raise convert.ConversionError(f"{manifest}: no valid rows ({len(manifest_errors)} rejected)")
+  if cfg.data.num_shards <= 0:   # workers assign shards before the group sizes are known
+    raise convert.ConversionError("the Beam runner needs a fixed shard count: set "
+                                  "data.num_shards (about group size / data.shard_size_mb)")
+  rows, manifest_errors, num_rows = convert.read_rows(manifest, out_dir, salt, convert.Options())
   cfg = dataclasses.replace(cfg, seed=int(seed))
   try:
     os.makedirs(os.path.join(out_dir, convert.CACHE_DIR, "shards"), exist_ok=True)

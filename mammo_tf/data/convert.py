@@ -26,8 +26,29 @@ Two layers:
      (a few KB per image) so that a rerun regenerates everything without decoding again.
   4. Per domain, average the c.d.f.s (breast pixels of the stored image, mask as stored) of a
      class-stratified random sample of training images (`stratified_sample`) -> ``cdf_<domain>.npz``.
-  5. ``summary.json`` (Table-1 counts, no ids), ``errors.csv`` (path as written in the manifest,
-     line, reason), ``config.json`` (resolved config).
+  5. ``summary.json`` (Table-1 counts, no ids), ``errors.csv`` (see below), ``config.json``
+     (resolved config), ``shards.json`` (sha256 of every shard, checked and repaired on rerun).
+
+Hostile inputs and faults:
+
+* Inputs: `mammo_tf.io.guard.check_input` runs before the reader: only regular files (or DBT slice
+  directories) are opened (a FIFO or device is refused by ``os.stat``), and a deflated file is
+  inflated as a stream within the size its header declares (a "deflate bomb" is refused early).
+  The manifest itself must be a regular file.
+* Duplicates: the same file (same device and inode, so ``./`` variants, symbolic and hard links)
+  on a later row, or the same image (same SOPInstanceUID, or same stored pixels when the UID is
+  missing) is rejected as "duplicate of line N"; the first row is kept. When the two rows carry
+  different patient ids, a warning says the ids may belong to one person. Patient ids are compared
+  after trimming whitespace; case matters (``ab1`` and ``AB1`` are two patients).
+* Failures of this machine (MemoryError, OSError such as ENOSPC/EIO, a killed worker, the
+  per-image time limit) are reported but never cached: the next run retries them. Only
+  deterministic rejections (bad file, bad header, bad row) are cached.
+* Workers: `mammo_tf.data.pool` (spawned processes watched through their sentinels): a killed
+  worker's image goes to a fresh worker once; `image_time_limit` seconds per image (0 = none).
+* ``errors.csv`` columns ``line,image,reason`` (+ ``path`` with ``errors_with_paths``): the
+  manifest line, the salted image-id hash (as in the TFRecords; empty when the row has no id) and a
+  reason that never echoes a field value or a path component; cells that a spreadsheet would run
+  as a formula (leading ``= + - @``) are prefixed with ``'``.
 
 Everything is a function of the inputs, the config, the seed and the salt: the output is
 byte-identical whatever the worker count and however often the job was interrupted and rerun.
@@ -42,9 +63,11 @@ import dataclasses
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import time
+import errno
+import re
+import stat
 import zlib
 from typing import Any, Callable, Iterable, Sequence
 
@@ -55,16 +78,19 @@ from mammo_tf import config as config_lib
 from mammo_tf.data import cdf as cdf_lib
 from mammo_tf.data import manifest as manifest_lib
 from mammo_tf.data import masks
+from mammo_tf.data import pool as pool_lib
 from mammo_tf.data import privacy
 from mammo_tf.data import schema
 from mammo_tf.data import writer
 from mammo_tf.io import dicom
 from mammo_tf.io import files
+from mammo_tf.io import guard
 
 CACHE_DIR = ".cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SUMMARY = "summary.json"
 ERRORS = "errors.csv"
+SHARDS = "shards.json"
 CONFIG = "config.json"
 PROGRESS_SECONDS = 5.0
 
@@ -132,6 +158,7 @@ def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Exp
                   salt: bytes) -> dict[str, Any]:
   """One manifest row -> a record for `schema.encode_example` (see the module docstring)."""
   data = cfg.data
+  guard.check_input(row.path, row.domain)
   image, meta = dicom.read_image(row.path, row.domain, intensity=data.intensity,
                                  voi_index=data.voi_index, apply_voi_lut=data.apply_voi_lut)
   if row.rotate == 180:  # the manifest's `rotate`: into the frame the box was drawn in
@@ -310,32 +337,125 @@ def _init_worker(cfg_json: str, salt: bytes, cache_dir: str) -> None:
   _WORKER.update(cfg=config_lib.from_json(cfg_json), salt=salt, cache_dir=cache_dir)
 
 
-def _error_reason(e: BaseException) -> str:
-  if isinstance(e, dicom.DicomError):
-    return str(e.reason)
-  if isinstance(e, (ValueError, OSError)):
-    return str(e) if not isinstance(e, OSError) else f"cannot read input ({e.strerror or e})"
-  return f"unexpected {type(e).__name__}: {e}"
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.ENOMEM, errno.EIO, errno.EAGAIN, errno.EINTR,
+                     errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ETIMEDOUT, errno.ESTALE}
+
+
+def is_transient(e: BaseException) -> bool:
+  """True for failures of this machine (memory, disk, I/O), looking through wrapped causes."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, MemoryError):
+      return True
+    if isinstance(e, guard.UnsafeInput) and e.transient:
+      return True
+    if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _slice_position(folder: str, file_path: str) -> str:
+  """"slice file k of n (name order)" for a file inside a DBT slice folder (never its name)."""
+  try:
+    names = sorted(os.listdir(folder))
+    return f"slice file {names.index(os.path.basename(file_path)) + 1} of {len(names)} (name order)"
+  except (OSError, ValueError):
+    return "a slice file"
+
+
+def _error_reason(e: BaseException, row: manifest_lib.ManifestRow | None = None) -> str:
+  """The reason recorded for a failed image: technical, no field value, no path component."""
+  if isinstance(e, MemoryError) or (is_transient(e) and not isinstance(e, OSError)):
+    reason = "out of memory or I/O failure while converting (not cached: retried on the next run)"
+  elif isinstance(e, (dicom.DicomError, guard.UnsafeInput)):
+    reason = str(e.reason)
+    if row is not None and os.path.normpath(e.path) != os.path.normpath(row.path) \
+        and os.path.dirname(os.path.normpath(e.path)) == os.path.normpath(row.path):
+      reason = f"{_slice_position(row.path, e.path)}: {reason}"
+  elif isinstance(e, OSError):
+    reason = f"cannot read input ({e.strerror or type(e).__name__})"
+    if e.errno in _TRANSIENT_ERRNOS:
+      reason += " (not cached: retried on the next run)"
+  elif isinstance(e, ValueError):
+    reason = str(e)
+  else:
+    reason = f"unexpected {type(e).__name__} while converting"
+  return scrub(reason, row) if row is not None else reason
+
+
+def scrub(text: str, row: manifest_lib.ManifestRow) -> str:
+  """Removes the row's identifiers, its path and id-like path components from a reason."""
+  secrets = {row.patient_id, row.exam_id, row.image_id, row.path, row.given_path}
+  for path in (row.path, row.given_path):
+    # Path components that can hold an id (they contain a digit: MRN12345, 2024-01-31_...).
+    secrets.update(part for part in re.split(r"[\\/]", path or "")
+                   if len(part) >= 3 and any(c.isdigit() for c in part))
+  for secret in sorted((x for x in secrets if x and len(x) >= 2), key=len, reverse=True):
+    text = text.replace(secret, "<withheld>")
+  return text
+
+
+def _sop_uid(path: str) -> str:
+  """The SOPInstanceUID of a DICOM file ("" when absent, unreadable or a folder)."""
+  try:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+      return ""
+    if guard.is_deflated(path):
+      header = guard.inflate_deflated(path, keep=False).header
+    else:
+      import pydicom  # pylint: disable=g-import-not-at-top
+      header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    return str(header.get("SOPInstanceUID", "") or "").strip()
+  except Exception:  # pylint: disable=broad-except
+    return ""
+
+
+def content_key(path: str, record: dict[str, Any], salt: bytes) -> str:
+  """Identity of the image for duplicate detection: SOPInstanceUID (a slice folder: the sorted
+  UIDs of its slices), else the stored pixels."""
+  if os.path.isdir(path):
+    uids = sorted(_sop_uid(os.path.join(path, n)) for n in os.listdir(path)
+                  if not n.startswith("."))
+    uid = "\x1f".join(uids) if uids and all(uids) else ""
+  else:
+    uid = _sop_uid(path)
+  if uid:
+    return "uid:" + privacy.hash_id(salt, "sop", uid)
+  image = np.ascontiguousarray(record["image"])
+  h = hashlib.sha256(f"{image.shape}".encode())
+  h.update(image.tobytes())
+  return "px:" + h.hexdigest()[:32]
 
 
 def _convert_task(task: tuple) -> tuple[str, dict]:
-  """Worker body: convert one row and cache the result. Returns (key, meta)."""
+  """Worker body: convert one row and cache the result. Returns (key, meta).
+
+  Deterministic rejections are cached; failures of this machine come back with status
+  "transient" and are not cached.
+  """
   row, split, key, example_only = task
   cfg, salt, cache_dir = _WORKER["cfg"], _WORKER["salt"], _WORKER["cache_dir"]
   base = os.path.join(cache_dir, key)
   try:
     record = convert_image(row, split, cfg, salt)
   except Exception as e:  # pylint: disable=broad-except
-    meta = {"status": "error", "reason": _error_reason(e)}
+    transient = is_transient(e)
+    meta = {"status": "transient" if transient else "error", "reason": _error_reason(e, row)}
     if example_only:  # cached as converted earlier; the input must have changed under us
-      raise RuntimeError(f"manifest line {row.line}: input failed to convert again "
-                         f"({meta['reason']}); rerun the conversion") from None
-    _write_meta(base + ".meta", meta, None)
+      raise ConversionError(f"manifest line {row.line}: input failed to convert again "
+                            f"({meta['reason']}); rerun the conversion") from None
+    if not transient:
+      _write_meta(base + ".meta", meta, None)
     return key, meta
-  _atomic_write(base + ".example", schema.encode_example(record, cfg.data.image_codec))
+  serialized = schema.encode_example(record, cfg.data.image_codec)
+  _atomic_write(base + ".example", serialized)
   meta = {"status": "ok", "domain": record["domain"], "split": split, "label": record["label"],
-          "patient": record["patient"], "exam": record["exam"], "image": record["image_id"]}
+          "patient": record["patient"], "exam": record["exam"], "image": record["image_id"],
+          "bytes": len(serialized)}   # sizes the shards (writer.shard_counts)
   if not example_only:
+    meta["content"] = content_key(row.path, record, salt)
     _write_meta(base + ".meta", meta, breast_histogram(record))
   return key, meta
 
@@ -362,8 +482,33 @@ class ConversionReport:
     return EXIT_PARTIAL if self.errors else EXIT_OK
 
 
-def _run_tasks(tasks: list, workers: int, cfg, salt, cache_dir, label: str) -> dict[str, dict]:
-  """Runs `_convert_task` over `tasks` (in-process for 1 worker), logging progress."""
+def _task_results(tasks: list, workers: int, cfg, salt, cache_dir, time_limit: float):
+  """Yields `_convert_task` results (in-process for 1 worker without a time limit)."""
+  if workers <= 1 and not time_limit:
+    _init_worker(config_lib.to_json(cfg), salt, cache_dir)
+    yield from map(_convert_task, tasks)
+    return
+  runs = pool_lib.run(tasks, _convert_task, workers=max(workers, 1), initializer=_init_worker,
+                      initargs=(config_lib.to_json(cfg), salt, cache_dir),
+                      time_limit=time_limit or None,
+                      on_event=lambda msg: logging.warning("conversion pool: %s", msg))
+  try:
+    for idx, result in runs:
+      if isinstance(result, pool_lib.Failure):
+        row, _, key, example_only = tasks[idx]
+        if example_only:
+          raise ConversionError(f"manifest line {row.line}: could not be converted again for its "
+                                f"shard ({result.message}); rerun the conversion")
+        yield key, {"status": "transient", "reason": result.message}
+      else:
+        yield result
+  except pool_lib.PoolError as e:
+    raise ConversionError(f"conversion stopped: {e}") from None
+
+
+def _run_tasks(tasks: list, workers: int, cfg, salt, cache_dir, label: str,
+               time_limit: float = 0.0) -> dict[str, dict]:
+  """Runs `_convert_task` over `tasks`, logging progress; returns {cache key: meta}."""
   results: dict[str, dict] = {}
   if not tasks:
     return results
@@ -375,27 +520,13 @@ def _run_tasks(tasks: list, workers: int, cfg, salt, cache_dir, label: str) -> d
     logging.info("%s: %d/%d images (%d rejected), %.2f images/s%s", label, done, len(tasks),
                  errors, rate, " - done" if final else "")
 
-  if workers <= 1:
-    _init_worker(config_lib.to_json(cfg), salt, cache_dir)
-    iterator = map(_convert_task, tasks)
-    pool = None
-  else:
-    ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker,
-                    initargs=(config_lib.to_json(cfg), salt, cache_dir))
-    iterator = pool.imap_unordered(_convert_task, tasks, chunksize=1)
-  try:
-    for key, meta in iterator:
-      results[key] = meta
-      errors += meta["status"] != "ok"
-      now = time.monotonic()
-      if now - last >= PROGRESS_SECONDS:
-        progress(len(results))
-        last = now
-  finally:
-    if pool is not None:
-      pool.close()
-      pool.join()
+  for key, meta in _task_results(tasks, workers, cfg, salt, cache_dir, time_limit):
+    results[key] = meta
+    errors += meta["status"] != "ok"
+    now = time.monotonic()
+    if now - last >= PROGRESS_SECONDS:
+      progress(len(results))
+      last = now
   progress(len(results), final=True)
   return results
 
@@ -434,18 +565,40 @@ def build_summary(ok: Sequence[dict], *, cfg, seed: int, num_rows: int, num_erro
   return summary
 
 
-def _errors_csv(errors: Sequence[manifest_lib.RowError]) -> bytes:
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(text: str) -> str:
+  """A cell a spreadsheet would evaluate (leading = + - @ tab CR) gets a leading apostrophe."""
+  text = str(text)
+  return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _manifest_reason(reason: str) -> str:
+  """A manifest validation reason without the quoted field values it may echo."""
+  return _QUOTED.sub("(value withheld)", reason)
+
+
+def _errors_csv(errors: Sequence[manifest_lib.RowError], salt: bytes | None,
+                with_paths: bool = False) -> bytes:
+  """``line,image,reason[,path]``: no identifier unless `with_paths` (see the module docstring)."""
   buf = io.StringIO(newline="")
   w = csv.writer(buf, lineterminator="\n")
-  w.writerow(["path", "line", "reason"])
+  w.writerow(["line", "image", "reason"] + (["path"] if with_paths else []))
   for e in errors:
-    w.writerow([e.where, e.line, e.reason])
+    image = privacy.hash_image(salt, e.image_id) if (salt and e.image_id) else ""
+    cells = [e.line, image, neutralise_cell(e.reason)]
+    if with_paths:
+      cells.append(neutralise_cell(e.where))
+    w.writerow(cells)
   return buf.getvalue().encode("utf-8")
 
 
 def write_cdfs_and_reports(out_dir: str, ok: Sequence[dict], errors: Sequence,
                            histogram_of: Callable[[str], np.ndarray], *,
-                           cfg: config_lib.ExperimentConfig, seed: int, num_rows: int) -> dict:
+                           cfg: config_lib.ExperimentConfig, seed: int, num_rows: int,
+                           salt: bytes | None = None, errors_with_paths: bool = False) -> dict:
   """Writes `cdf_<domain>.npz`, `errors.csv` and `summary.json`; returns the summary.
 
   Shared by the local and the Beam runner. `ok` holds the converted images' metadata (keys
@@ -471,33 +624,84 @@ def write_cdfs_and_reports(out_dir: str, ok: Sequence[dict], errors: Sequence,
 
   summary = build_summary(ok, cfg=cfg, seed=seed, num_rows=num_rows, num_errors=len(errors),
                           cdf_counts=cdf_counts)
-  _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors))
+  _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors, salt, errors_with_paths))
   files.atomic_write_json(os.path.join(out_dir, SUMMARY), summary)
   return summary
 
 
-def _write_errors_if_possible(out_dir: str, errors: Sequence[manifest_lib.RowError]) -> None:
+def _write_errors_if_possible(out_dir: str, errors: Sequence[manifest_lib.RowError],
+                              salt: bytes | None, with_paths: bool) -> None:
   """Records why nothing could be converted in `errors.csv`, when the output folder allows it."""
   try:
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors))
+    _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors, salt, with_paths))
   except OSError:
     pass  # the caller's ConversionError carries the reason anyway
 
 
-def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig, *,
-                   seed: int, workers: int = 1, salt: bytes) -> ConversionReport:
-  """The whole job (see the module docstring). Raises `ConversionError` if nothing can be done."""
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How the batch job runs (none of it changes the output bytes)."""
+  workers: int = 1
+  image_time_limit: float = 0.0      # seconds per image; 0 = none
+  errors_with_paths: bool = False    # errors.csv also lists the path as written in the manifest
+
+
+def read_rows(manifest: str, out_dir: str, salt: bytes, opts: Options):
+  """Step 1: the manifest (a regular file only), its rows and row errors, file duplicates."""
   try:
+    guard.require_regular_file(manifest, "manifest")
     rows, manifest_errors = manifest_lib.read_manifest(manifest)
-  except manifest_lib.ManifestError as e:
-    _write_errors_if_possible(out_dir, [manifest_lib.RowError(manifest, str(e))])
+  except (manifest_lib.ManifestError, guard.UnsafeInput) as e:
+    reason = e.reason if isinstance(e, guard.UnsafeInput) else str(e).replace(manifest, "manifest")
+    _write_errors_if_possible(out_dir, [manifest_lib.RowError(manifest, reason)],
+                              salt, opts.errors_with_paths)
     raise ConversionError(str(e)) from None
-  num_rows = len(rows) + len(manifest_errors)
+  manifest_errors = [manifest_lib.RowError(e.where, _manifest_reason(e.reason), e.line,
+                                           e.image_id) for e in manifest_errors]
+  rows, dupes = same_file_duplicates(rows)
+  num_rows = len(rows) + len(manifest_errors) + len(dupes)
   if not rows:
-    _write_errors_if_possible(out_dir, manifest_errors)
+    _write_errors_if_possible(out_dir, manifest_errors + dupes, salt, opts.errors_with_paths)
     raise ConversionError(f"{manifest}: no valid rows ({len(manifest_errors)} rejected)")
-  cfg = dataclasses.replace(cfg, seed=int(seed))
+  logging.info("manifest: %d rows, %d valid, %d rejected", num_rows, len(rows),
+               len(manifest_errors) + len(dupes))
+  unboxed = sum(1 for r in rows if r.positive and r.box is None)
+  if unboxed:
+    logging.warning("%d positive row(s) have no finding box: their training patches are random "
+                    "in-breast windows (a noisy label)", unboxed)
+  return rows, manifest_errors + dupes, num_rows
+
+
+def _duplicate(row: manifest_lib.ManifestRow, first: manifest_lib.ManifestRow,
+               what: str) -> manifest_lib.RowError:
+  if first.patient_id != row.patient_id:
+    logging.warning("manifest lines %d and %d hold %s under two different patient ids: the ids "
+                    "may belong to one person", first.line, row.line, what)
+  return manifest_lib.RowError(row.given_path, f"duplicate of line {first.line} ({what})",
+                               row.line, row.image_id)
+
+
+def same_file_duplicates(rows: Sequence[manifest_lib.ManifestRow]):
+  """Later rows naming a file already listed (same device and inode, else same real path)."""
+  seen: dict[Any, manifest_lib.ManifestRow] = {}
+  kept, dupes = [], []
+  for row in rows:
+    try:
+      st = os.stat(row.path)
+      ident = ("inode", st.st_dev, st.st_ino)
+    except OSError:
+      ident = ("path", os.path.realpath(row.path))
+    if ident in seen:
+      dupes.append(_duplicate(row, seen[ident], "the same file"))
+    else:
+      seen[ident] = row
+      kept.append(row)
+  return kept, dupes
+
+
+def prepare_output(out_dir: str, cfg: config_lib.ExperimentConfig) -> tuple[str, str]:
+  """Step 2: output and cache folders, ``config.json``, leftovers of a killed run removed."""
   cache_dir = os.path.join(out_dir, CACHE_DIR)
   state_dir = os.path.join(cache_dir, "shards")
   try:
@@ -507,17 +711,11 @@ def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig
     raise ConversionError(f"{out_dir}: output folder is not writable ({e.strerror or e})") from None
   writer.remove_temp_files(out_dir)
   writer.remove_temp_files(cache_dir)
-  logging.info("manifest: %d rows, %d valid, %d rejected", num_rows, len(rows),
-               len(manifest_errors))
-  unboxed = sum(1 for r in rows if r.positive and r.box is None)
-  if unboxed:
-    logging.warning("%d positive row(s) have no finding box: their training patches are random "
-                    "in-breast windows (a noisy label)", unboxed)
+  return cache_dir, state_dir
 
-  splits = manifest_lib.assign_splits(rows, seed, cfg.data.split_fractions)
-  keyed = [(r, splits[r.patient_id], cache_key(r, splits[r.patient_id], cfg, salt)) for r in rows]
 
-  # Phase A: convert every row without a cached result.
+def convert_uncached(keyed: list, cfg, salt: bytes, cache_dir: str, opts: Options) -> dict:
+  """Step 3: converts every row without a cached verdict; returns {cache key: meta}."""
   metas: dict[str, dict] = {}
   todo = []
   for row, split, key in keyed:
@@ -527,22 +725,41 @@ def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig
     else:
       metas[key] = m[0]
   logging.info("%d images cached from an earlier run, %d to convert with %d worker(s)",
-               len(metas), len(todo), workers)
-  metas.update(_run_tasks(todo, workers, cfg, salt, cache_dir, "converting"))
+               len(metas), len(todo), opts.workers)
+  metas.update(_run_tasks(todo, opts.workers, cfg, salt, cache_dir, "converting",
+                          opts.image_time_limit))
+  return metas
 
-  ok = []
-  errors = list(manifest_errors)
+
+def sort_results(keyed: list, metas: dict, earlier_errors: Sequence[manifest_lib.RowError]):
+  """Step 4: converted images and rejections (same-image duplicates included), by line."""
+  ok, errors = [], list(earlier_errors)
+  first_of: dict[str, manifest_lib.ManifestRow] = {}
   for row, split, key in keyed:
     meta = metas[key]
-    if meta["status"] == "ok":
-      ok.append(dict(meta, key=key))
-    else:
-      errors.append(manifest_lib.RowError(row.given_path, meta["reason"], row.line))
+    if meta["status"] != "ok":
+      errors.append(manifest_lib.RowError(row.given_path, meta["reason"], row.line, row.image_id))
+      continue
+    content = meta.get("content")
+    if content and content in first_of:
+      what = "the same SOPInstanceUID" if content.startswith("uid:") else "the same pixels"
+      errors.append(_duplicate(row, first_of[content], what))
+      continue
+    if content:
+      first_of[content] = row
+    ok.append(dict(meta, key=key))
   errors.sort(key=lambda e: e.line)
+  return ok, errors
 
-  # Phase B: examples missing for shards that must be (re)written.
+
+def write_shards(out_dir: str, ok: list, keyed: list, cfg, salt: bytes, cache_dir: str,
+                 state_dir: str, opts: Options) -> None:
+  """Step 5: (re)writes every shard that is missing, stale or fails its checksum."""
+  counts = writer.shard_counts(((e["domain"], e["split"], e["label"] in config_lib.POSITIVE_LABELS,
+                                 e.get("bytes", 0)) for e in ok),
+                               num_shards=cfg.data.num_shards, shard_size_mb=cfg.data.shard_size_mb)
   plan = writer.plan_shards(((e["domain"], e["split"], e["label"] in config_lib.POSITIVE_LABELS,
-                              e["image"], e["key"]) for e in ok), cfg.data.num_shards)
+                              e["image"], e["key"]) for e in ok), counts)
   removed = writer.remove_unplanned_shards(out_dir, config_lib.DOMAINS, plan)
   if removed:
     logging.warning("removed %d shard file(s) of an earlier, different run", len(removed))
@@ -556,7 +773,8 @@ def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig
     for _, key in entries:
       if not os.path.exists(os.path.join(cache_dir, key + ".example")):
         redo.append(by_key[key] + (key, True))
-  _run_tasks(redo, workers, cfg, salt, cache_dir, "re-converting for missing shards")
+  _run_tasks(redo, opts.workers, cfg, salt, cache_dir, "re-converting for missing shards",
+             opts.image_time_limit)
 
   def load(key):
     with open(os.path.join(cache_dir, key + ".example"), "rb") as f:
@@ -569,11 +787,28 @@ def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig
         os.unlink(p)
 
   written, skipped = writer.write_all(out_dir, plan, state_dir, load, drop)
+  writer.write_checksums(out_dir, plan, state_dir, os.path.join(out_dir, SHARDS))
   logging.info("shards: %d written, %d already complete", written, skipped)
 
+
+def run_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentConfig, *,
+                   seed: int, workers: int = 1, salt: bytes, image_time_limit: float = 0.0,
+                   errors_with_paths: bool = False) -> ConversionReport:
+  """The whole job (see the module docstring). Raises `ConversionError` if nothing can be done."""
+  opts = Options(workers=int(workers), image_time_limit=float(image_time_limit or 0.0),
+                 errors_with_paths=bool(errors_with_paths))
+  rows, earlier_errors, num_rows = read_rows(manifest, out_dir, salt, opts)
+  cfg = dataclasses.replace(cfg, seed=int(seed))
+  cache_dir, state_dir = prepare_output(out_dir, cfg)
+  splits = manifest_lib.assign_splits(rows, seed, cfg.data.split_fractions)
+  keyed = [(r, splits[r.patient_id], cache_key(r, splits[r.patient_id], cfg, salt)) for r in rows]
+  metas = convert_uncached(keyed, cfg, salt, cache_dir, opts)
+  ok, errors = sort_results(keyed, metas, earlier_errors)
+  write_shards(out_dir, ok, keyed, cfg, salt, cache_dir, state_dir, opts)
   hist_paths = {e["image"]: os.path.join(cache_dir, e["key"] + ".meta") for e in ok}
   summary = write_cdfs_and_reports(out_dir, ok, errors, lambda h: _read_hist(hist_paths[h]),
-                                   cfg=cfg, seed=seed, num_rows=num_rows)
+                                   cfg=cfg, seed=seed, num_rows=num_rows, salt=salt,
+                                   errors_with_paths=opts.errors_with_paths)
   logging.info("done: %d images converted, %d rejected (see %s)", len(ok), len(errors), ERRORS)
   return ConversionReport(out_dir=out_dir, num_rows=num_rows, num_converted=len(ok),
                           errors=errors, summary=summary)

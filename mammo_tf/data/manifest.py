@@ -63,10 +63,16 @@ class ManifestError(ValueError):
 class RowError(tuple):
   """A rejected manifest row or input: behaves as the ``(where, reason)`` pair, plus ``.line``."""
 
-  def __new__(cls, where: str, reason: str, line: int = 0):
+  def __new__(cls, where: str, reason: str, line: int = 0, image_id: str = ""):
     obj = super().__new__(cls, (where, reason))
     obj._line = int(line)
+    obj._image_id = str(image_id or "")
     return obj
+
+  @property
+  def image_id(self) -> str:
+    """The row's image_id when it has one (in memory only: reports hash it)."""
+    return self._image_id
 
   @property
   def where(self) -> str:
@@ -84,7 +90,7 @@ class RowError(tuple):
     return f"RowError(where={self.where!r}, reason={self.reason!r}, line={self.line})"
 
   def __reduce__(self):
-    return (RowError, (self.where, self.reason, self.line))
+    return (RowError, (self.where, self.reason, self.line, self.image_id))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,16 +231,16 @@ def read_manifest(path: str) -> tuple[list[ManifestRow], list[RowError]]:
     where = values.get("path", "")
     if len(record) > len(columns) and any(v.strip() for v in record[len(columns):]):
       errors.append(RowError(where, f"row has {len(record)} fields, header has {len(columns)}",
-                             start))
+                             start, values.get("image_id", "")))
       continue
     try:
       row = _parse_row(values, base_dir, start)
     except ValueError as e:
-      errors.append(RowError(where, str(e), start))
+      errors.append(RowError(where, str(e), start, values.get("image_id", "")))
       continue
     if row.image_id in first_line_of_image:
       errors.append(RowError(where, "duplicate image_id (first used on line "
-                             f"{first_line_of_image[row.image_id]})", start))
+                             f"{first_line_of_image[row.image_id]})", start, row.image_id))
       continue
     first_line_of_image[row.image_id] = start
     rows.append(row)
@@ -257,7 +263,7 @@ def _reject_conflicting_overrides(rows: Sequence[ManifestRow]):
   for r in rows:
     if r.patient_id in bad:
       errors.append(RowError(r.given_path, "conflicting split overrides for this patient ("
-                             f"{', '.join(sorted(bad[r.patient_id]))})", r.line))
+                             f"{', '.join(sorted(bad[r.patient_id]))})", r.line, r.image_id))
     else:
       kept.append(r)
   return kept, errors

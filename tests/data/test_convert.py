@@ -124,8 +124,8 @@ def _build_cohort(root):
       add_bad("MRN-QX-05,E5,B04,ffdm,dicom/no_pixels.dcm,normal,,,,,,,", "no PixelData"),
       add_bad("MRN-QX-05,E5,B05,ffdm,dicom/colour.dcm,normal,,,,,,,", "colour image"),
       add_bad("MRN-QX-05,E5,B06,ffdm,dicom/mpeg.dcm,normal,,,,,,,", "unsupported transfer syntax"),
-      add_bad("MRN-QX-05,E5,B07,ffdm,dicom/p1_lcc.dcm,cancer,,,,,,,", "unknown label 'cancer'"),
-      add_bad("MRN-QX-01,EXAM-QX-11,B08,ffdm,dicom/p1_lcc.dcm,malignant,,,200,10,20,20,",
+      add_bad("MRN-QX-05,E5,B07,ffdm,dicom/p1_lcc.dcm,cancer,,,,,,,", "unknown label"),
+      add_bad("MRN-QX-01,EXAM-QX-11,B08,ffdm,dicom/p1_lcc_box.dcm,malignant,,,200,10,20,20,",
               "lies outside the image (96x80)"),
       add_bad("MRN-QX-05,E5,IMG-QX-0001,ffdm,dicom/p1_rcc.dcm,normal,,,,,,,",
               "duplicate image_id (first used on line 2)"),
@@ -134,6 +134,7 @@ def _build_cohort(root):
   ]
   with open(f"{d}/not_dicom.dcm", "w") as f:
     f.write("this is a text file, not a DICOM\n" * 20)
+  fac.write_ffdm(f"{d}/p1_lcc_box.dcm", _breast(1), laterality="L")
   fac.write_ffdm(f"{d}/full.dcm", _breast(7))
   data = open(f"{d}/full.dcm", "rb").read()
   open(f"{d}/truncated.dcm", "wb").write(data[:len(data) - 4000])
@@ -160,8 +161,27 @@ def _build_cohort(root):
       for line in good + lines_bad[:2]:
         p = line.split(",")
         p[0], p[1], p[2], p[12] = f"R{k}-{p[0]}", f"{p[1]}", f"R{k}-{p[2]}", ""
+        if k and line in good:   # a distinct copy (new SOPInstanceUIDs): not a duplicate
+          p[4] = _copy_with_new_uids(root, p[4], f"copy{k}")
         f.write(",".join(p) + "\n")
   return manifest, big, bad
+
+
+def _copy_with_new_uids(root, rel, tag):
+  """Copies a DICOM file (or slice folder) under a new name with fresh SOPInstanceUIDs."""
+  import pydicom
+  from pydicom.uid import generate_uid
+  src = os.path.join(root, rel)
+  dst_rel = os.path.join(os.path.dirname(rel), f"{tag}_{os.path.basename(rel)}")
+  pairs = [(src, os.path.join(root, dst_rel))]
+  if os.path.isdir(src):
+    os.makedirs(pairs[0][1])
+    pairs = [(os.path.join(src, n), os.path.join(root, dst_rel, n)) for n in sorted(os.listdir(src))]
+  for a, b in pairs:
+    ds = pydicom.dcmread(a)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(b)
+  return dst_rel
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +224,7 @@ def test_every_bad_input_gets_a_specific_error_row_and_good_images_convert(cohor
   assert [r["line"] for r in rows] == [str(l) for l in sorted(cohort["bad"])]
   for r in rows:
     path, reason = cohort["bad"][int(r["line"])]
-    assert r["path"] == path
+    assert "path" not in r and len(r["image"]) == 32   # salted image-id hash, no path
     assert reason.lower() in r["reason"].lower(), (r, reason)
   ffdm, dbt = _records(out, "ffdm"), _records(out, "dbt")
   assert (len(ffdm), len(dbt)) == (6, 3)
@@ -343,7 +363,7 @@ def test_all_good_is_exit_0_and_nothing_valid_is_a_conversion_error(cohort, tmp_
   os.symlink(os.path.join(cohort["root"], "dicom"), tmp_path / "dicom")
   report = convert.run_conversion(str(good), str(tmp_path / "o"), _cfg(), seed=0, salt=SALT)
   assert report.exit_code == convert.EXIT_OK and report.num_converted == 9
-  assert open(tmp_path / "o" / "errors.csv").read() == "path,line,reason\n"
+  assert open(tmp_path / "o" / "errors.csv").read() == "line,image,reason\n"
   bad = tmp_path / "bad.csv"
   bad.write_text(lines[0] + "\n" + "P,E,I,ffdm,x.dcm,cancer,,,,,,,\n")
   with pytest.raises(convert.ConversionError, match="no valid rows"):
