@@ -2,8 +2,10 @@
 
 Coordinates are *stored-image pixel indices* (row y, column x): pixel (i, j) has its centre at
 (i, j), so an image of height H spans [-0.5, H - 0.5] and a P-pixel window starting at row `top`
-has its centre at ``top + (P - 1) / 2``. Finding boxes are ``(ymin, xmin, ymax, xmax)`` in the
-same coordinates.
+has its centre at ``top + (P - 1) / 2``. Finding boxes are stored as ``(ymin, xmin, ymax,
+xmax)`` pixel EDGES (pixel i spans ``[i, i + 1)``: an original ``(x, y, w, h)`` box becomes
+``y / f .. (y + h) / f`` at downsample f), so the box centre ``x + w / 2`` (original edges) lies at
+index ``(ymin + ymax) / 2 - 0.5`` in these coordinates.
 
 Centre rule
   * annotated image (``has_box``): the box centre;
@@ -38,9 +40,9 @@ import tensorflow as tf
 
 
 def box_centre_np(box) -> np.ndarray:
-  """(ymin, xmin, ymax, xmax) -> float32 [2] (y, x)."""
+  """(ymin, xmin, ymax, xmax) pixel edges -> float32 [2] (y, x) centre in pixel indices."""
   b = np.asarray(box, np.float32)
-  return np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2], np.float32)
+  return np.array([(b[0] + b[2]) / 2 - 0.5, (b[1] + b[3]) / 2 - 0.5], np.float32)
 
 
 def random_mask_pixel_np(mask: np.ndarray, mask_downsample: int, image_hw, u) -> np.ndarray:
@@ -119,8 +121,9 @@ def eval_patch_np(image, mask, mask_downsample, box, has_box, u, patch_size) -> 
 
 
 def box_centre(box: tf.Tensor) -> tf.Tensor:
+  """tf twin of `box_centre_np`."""
   box = tf.cast(box, tf.float32)
-  return tf.stack([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+  return tf.stack([(box[0] + box[2]) / 2 - 0.5, (box[1] + box[3]) / 2 - 0.5])
 
 
 def random_mask_pixel(mask: tf.Tensor, mask_downsample, image_hw, u: tf.Tensor) -> tf.Tensor:

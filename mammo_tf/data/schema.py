@@ -11,7 +11,8 @@ key                value
 image              uint16 [H, W] in 0..4095, stored resolution (original / downsample)
 mask               uint8/bool [h, w] breast mask at stored / mask_downsample resolution
 label              one of config.LABELS
-box                (ymin, xmin, ymax, xmax) float in stored pixel coordinates, or None
+box                (ymin, xmin, ymax, xmax) float stored-pixel EDGES (pixel i spans [i, i + 1), so
+                   an original (x, y, w, h) box is y / f .. (y + h) / f), or None
 domain             "ffdm" | "dbt"
 split              "train" | "val" | "test"
 laterality, view   strings ("" when unknown)

@@ -64,15 +64,77 @@ def test_centre_choice_and_clamping_match_numpy():
     np.testing.assert_array_equal(tl_got, tl_ref)
 
 
+def _coordinate_image(h, w):
+  """Each pixel holds 1 + its own (row, column) code, so a patch says where every pixel came from."""
+  return (1 + np.arange(h * w, dtype=np.int64).reshape(h, w)).astype(np.uint16)
+
+
 def test_eval_patch_is_an_exact_crop_with_zero_padding():
+  """Independent of the NumPy twin: every patch pixel is decoded back to its source pixel."""
   cfg = config.get_config("tiny", {"data.patch_size": P}).data
+  checked_centres = 0
   for i, (image, mask, md, box, has_box, _, _) in enumerate(_cases(1, 60)):
+    h, w = image.shape
+    image = _coordinate_image(h, w)
     seed = augment.example_seed(3, i)
-    u = augment.sample_params(seed, cfg, train=False)["centre_u"].numpy()
-    ref = patches.eval_patch_np(image, mask, md, box, has_box, u, P)
     got = augment.make_patch(tf.constant(image[..., None]), tf.constant(mask[..., None]), md,
-                             box, has_box, seed, cfg, train=False)
-    np.testing.assert_array_equal(got.numpy()[..., 0], ref.astype(np.float32))
+                             box, has_box, seed, cfg, train=False).numpy()[..., 0]
+    code = got.astype(np.int64) - 1
+    inside = code >= 0
+    assert inside.any()
+    rows, cols = np.nonzero(inside)
+    src_r, src_c = code[inside] // w, code[inside] % w
+    top, left = set(src_r - rows), set(src_c - cols)
+    assert len(top) == 1 and len(left) == 1            # one integer translation: an exact crop
+    top, left = top.pop(), left.pop()
+    rr, cc = np.meshgrid(np.arange(P) + top, np.arange(P) + left, indexing="ij")
+    in_image = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+    np.testing.assert_array_equal(inside, in_image)    # zeros exactly beyond the image
+    # A box far enough from every edge: the window is centred on the box (hand formula: the
+    # stored box holds pixel edges, so its centre index is the mean edge - 0.5).
+    cy, cx = (box[0] + box[2]) / 2 - 0.5, (box[1] + box[3]) / 2 - 0.5
+    e = (P - 1) / 2
+    if has_box and e <= cy <= h - 1 - e and e <= cx <= w - 1 - e:
+      assert abs(top + e - cy) <= 0.5 and abs(left + e - cx) <= 0.5
+      checked_centres += 1
+  assert checked_centres >= 1
+
+
+def _marker_file(tmp_path, name, marker_rc, size=4, shape=(160, 140)):
+  """A uniform breast with a bright square marker whose top-left original pixel is `marker_rc`."""
+  from tests import dicom_factory as factory
+  img = np.zeros(shape, np.uint16)
+  img[:, : shape[1] * 3 // 4] = 1000
+  r, c = marker_rc
+  img[r:r + size, c:c + size] = 4000
+  return factory.write_ffdm(tmp_path / f"{name}.dcm", img)
+
+
+@pytest.mark.parametrize("patch_size", [16, 15])
+def test_eval_patch_is_centred_on_a_hand_placed_finding(tmp_path, patch_size):
+  """A finding drawn at known original pixels, converted at downsample 2: the evaluation patch is
+  centred on the marker (intensity centroid) within 0.5 stored pixels."""
+  from mammo_tf.data import convert
+  from mammo_tf.data import manifest
+  cfg = config.get_config("tiny", {"data.patch_size": patch_size, "data.downsample": 2,
+                                   "data.intensity": "bits"})
+  placed = 0
+  for k, (r, c) in enumerate([(100, 60), (101, 61), (57, 33), (80, 90)]):
+    path = _marker_file(tmp_path, f"m{k}", (r, c))
+    row = manifest.ManifestRow(patient_id="p", exam_id="e", image_id=f"i{k}", domain="ffdm",
+                               path=str(path), label="malignant", box=(c, r, 4, 4))
+    rec = convert.convert_image(row, "test", cfg, b"salt")
+    patch = augment.make_patch(
+        tf.constant(rec["image"][..., None]), tf.constant(rec["mask"][..., None]),
+        rec["mask_downsample"], np.asarray(rec["box"], np.float32), True,
+        augment.example_seed(0, k), cfg.data, train=False).numpy()[..., 0]
+    weight = np.clip(patch - 1000.0, 0, None)          # the marker above the uniform breast
+    assert weight.sum() > 0
+    yy, xx = np.mgrid[:patch_size, :patch_size]
+    centroid = np.array([(weight * yy).sum(), (weight * xx).sum()]) / weight.sum()
+    np.testing.assert_allclose(centroid, [(patch_size - 1) / 2] * 2, atol=0.5)
+    placed += 1
+  assert placed == 4
 
 
 def test_small_image_is_centred_and_padded():
