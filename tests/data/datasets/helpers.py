@@ -17,13 +17,15 @@ ROWS, COLS = 64, 48
 
 def breast(side: str = "L", lesions=(), seed: int = 0, rows: int = ROWS, cols: int = COLS,
            lesion_value: int = 3600) -> np.ndarray:
-  """uint16 12-bit image: a half-disc breast against the `side` edge, bright squares at `lesions`
+  """uint16 12-bit image: a half-disc breast against the `side` edge, brighter towards the chest
+  wall (a thickness profile, no flat plateau) with noise, bright squares at `lesions`
   ((x, y, w, h) boxes)."""
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[0:rows, 0:cols]
   edge = 0 if side == "L" else cols - 1
-  inside = (yy - rows / 2) ** 2 / (rows * 0.45) ** 2 + (xx - edge) ** 2 / (cols * 0.8) ** 2 <= 1
-  img = np.where(inside, 1000 + rng.integers(0, 200, size=(rows, cols)), 0)
+  r2 = (yy - rows / 2) ** 2 / (rows * 0.45) ** 2 + (xx - edge) ** 2 / (cols * 0.8) ** 2
+  thickness = np.sqrt(np.clip(1 - r2, 0, 1))
+  img = np.where(r2 <= 1, 400 + 1200 * thickness + rng.integers(0, 150, size=(rows, cols)), 0)
   for x, y, w, h in lesions:
     img[int(y):int(y + h), int(x):int(x + w)] = lesion_value
   return img.astype(np.uint16)
