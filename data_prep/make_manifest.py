@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 
 from mammo_tf.data import datasets
 from mammo_tf.data.datasets import common

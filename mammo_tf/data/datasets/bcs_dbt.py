@@ -5,7 +5,8 @@ dataset's official reader ``duke_dbt_data.py`` (https://github.com/mazurowski-la
 
 * ``BCS-DBT-file-paths-<split>*.csv``: ``PatientID, StudyUID, View, descriptive_path,
   classic_path``; ``View`` is ``lcc|lmlo|rcc|rmlo``; paths are relative to the download folder,
-  e.g. ``Breast-Cancer-Screening-DBT/DBT-P00013/<date>-DBT-S04378-.../19.000000-L CC-57165/1-1.dcm``.
+  e.g. ``Breast-Cancer-Screening-DBT/DBT-P00013/<date>-DBT-S04378-.../19.000000-L CC-57165/
+  1-1.dcm``.
 * ``BCS-DBT-labels-<split>*.csv``: ``PatientID, StudyUID, View, Normal, Actionable, Benign,
   Cancer`` (one-hot).
 * ``BCS-DBT-boxes-<split>*.csv``: ``PatientID, StudyUID, View, Subject, Slice, X, Y, Width,
@@ -54,7 +55,8 @@ def _tables(root: str, kind: str) -> dict[str, list[str]]:
 
 
 def frame0_laterality(path: str) -> str:
-  """The official reader's rule on frame 0: "R" if sum(first column) < sum(last column), else "L"."""
+  """The official reader's rule on frame 0: "R" if sum(first column) < sum(last column), else
+  "L"."""
   frames = iter_pixels(path)
   try:
     frame = next(frames)

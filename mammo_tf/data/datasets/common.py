@@ -120,7 +120,8 @@ def parse_birads_map(text: str) -> dict[str, str]:
     key, _, label = part.partition("=")
     label = label.strip().lower()
     if label not in config_lib.LABELS and label != "skip":
-      raise DatasetError(f"--birads_map: {label!r} is not one of {'|'.join(config_lib.LABELS)}|skip")
+      raise DatasetError(f"--birads_map: {label!r} is not one of "
+                         f"{'|'.join(config_lib.LABELS)}|skip")
     out[key.strip().lower()] = label
   return out
 

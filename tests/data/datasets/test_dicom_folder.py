@@ -1,6 +1,7 @@
 """dicom-folder builder on a PACS-like export: FFDM, a multi-frame tomosynthesis file, a folder
 of tomosynthesis slices, a For Processing image; labels joined by SOP, series and accession +
-laterality; headers only; no identifier outside the manifest; exit status 2 when nothing is built."""
+laterality; headers only; no identifier outside the manifest; exit status 2 when nothing is
+built."""
 
 import os
 
