@@ -51,6 +51,8 @@ def main(argv):
   try:
     result = datasets.get_builder(FLAGS.dataset)(FLAGS.root, options)
     if not result.rows:
+      if result.skipped:
+        common.write_skipped(result, FLAGS.out)
       raise common.DatasetError(
           f"no usable image ({len(result.skipped)} annotation rows skipped"
           + (f", e.g. {result.skipped[0][1]})" if result.skipped else ")"))

@@ -394,6 +394,13 @@ def write_outputs(result: BuildResult, out: str) -> str:
     w.writerow([_manifest_path(row[c], base) if c == "path" else row[c]
                 for c in MANIFEST_COLUMNS])
   _write_text(out, buf.getvalue())
+  return write_skipped(result, out)
+
+
+def write_skipped(result: BuildResult, out: str) -> str:
+  """Writes ``<out minus .csv>.skipped.csv`` (row reference, reason); returns its path."""
+  out = os.path.abspath(out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
   skipped_path = (out[:-4] if out.lower().endswith(".csv") else out) + ".skipped.csv"
   buf = io.StringIO(newline="")
   w = csv.writer(buf, lineterminator="\n")

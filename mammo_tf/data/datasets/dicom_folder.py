@@ -143,7 +143,7 @@ def build(root: str, options: common.Options) -> common.BuildResult:
   """A DICOM folder tree under `root` (+ optional labels CSV) -> manifest rows."""
   col = common.Collector(options)
   images = scan(root, col)
-  if not images:
+  if not images and not col.skipped:
     raise common.DatasetError(f"no mammogram or tomosynthesis DICOM file under {root}")
   labels = _labels(options.labels) if options.labels else []
   default = options.default_label.strip().lower()

@@ -86,3 +86,10 @@ def test_nothing_built_exits_2_with_one_line(tmp_path):
   assert "Traceback" not in log and "nothing built" in log
   status, log, rows, _ = helpers.make_manifest("cbis-ddsm", str(empty), str(tmp_path / "m.csv"))
   assert status == 2 and "Traceback" not in log
+  # Only an unusable file: exit 2, and the skipped file says why.
+  dicom_factory.write_ffdm(empty / "raw.dcm", helpers.breast("L"),
+                           sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2.1")
+  status, log, rows, _ = helpers.make_manifest("dicom-folder", str(empty), str(tmp_path / "m.csv"))
+  assert status == 2 and not os.path.exists(tmp_path / "m.csv"), log
+  with open(tmp_path / "m.skipped.csv") as f:
+    assert "For Processing image" in f.read()
