@@ -1,4 +1,5 @@
-"""VinDr-Mammo (PhysioNet, https://physionet.org/content/vindr-mammo/) -> manifest rows.
+"""VinDr-Mammo (PhysioNet, https://physionet.org/content/vindr-mammo/; the authors' code at
+https://github.com/vinbigdata-medical/vindr-mammo) -> manifest rows.
 
 Layout, as published on PhysioNet and described in the dataset paper (Nguyen et al., Sci. Data
 2023): ``breast-level_annotations.csv`` (one row per image: ``study_id, series_id, image_id,

@@ -117,3 +117,12 @@ def test_converts(cbis, tmp_path):
   assert summary["domains"]["ffdm"]["images"] == 3
   assert summary["total"]["positive"] == 1
   assert summary["splits"]["test"]["images"] == 1
+
+
+def test_same_seed_same_bytes(cbis, tmp_path):
+  out = str(tmp_path / "manifest.csv")
+  status, _, _, _ = helpers.make_manifest("cbis-ddsm", cbis["root"], out, "--val_fraction", "0.5")
+  assert status == 1
+  for suffix in (".csv", ".skipped.csv"):
+    with open(cbis["out"][:-4] + suffix, "rb") as a, open(out[:-4] + suffix, "rb") as b:
+      assert a.read() == b.read()
