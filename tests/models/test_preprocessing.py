@@ -1,8 +1,5 @@
 """HistogramMatching / Normalize: same output eagerly, in tf.data, compiled, and after saving."""
 import ast
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -11,6 +8,7 @@ import tensorflow as tf
 
 from mammo_tf.data import cdf
 from mammo_tf.models import preprocessing
+from tests import testing
 
 
 def _lut(seed=0):
@@ -74,10 +72,7 @@ def test_same_output_eager_tfdata_compiled_savedmodel_and_keras(tmp_path):
     model = _model(lut, jit)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-3)
   # .keras round trip: the table comes back from the saved weights.
-  path = str(tmp_path / "m.keras")
-  model.save(path)
-  loaded = keras.models.load_model(path)
-  np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+  loaded = testing.assert_keras_file_round_trip(model, str(tmp_path / "m.keras"), x)
   assert [w.name for w in loaded.non_trainable_weights] == ["lut"]
   # SavedModel round trip.
   export_dir = str(tmp_path / "export")
@@ -108,12 +103,11 @@ def test_layers_use_keras_ops_only():
   assert not any(isinstance(n, ast.Name) and n.id == "tf" for n in ast.walk(tree))
 
 
-def test_runs_under_jax_backend():
-  pytest.importorskip("jax")
+@pytest.mark.parametrize("backend", testing.BACKENDS)
+def test_runs_under_each_keras_backend(backend):
+  # Table value 0.5 * v: 11.5 interpolates between 5.5 and 6.0 (a hand-computed 5.75).
   code = ("import numpy as np; from mammo_tf.models import preprocessing as p;"
-          "l = p.HistogramMatching(np.arange(4096, dtype=np.float32) * 0.5);"
-          "print(float(np.asarray(l(np.array([0., 10., 11.5])))[2]))")
-  env = dict(os.environ, KERAS_BACKEND="jax")
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True)
-  assert out.stdout.strip().splitlines()[-1] == "5.75"
+          "hm = p.HistogramMatching(np.arange(4096, dtype=np.float32) * 0.5);"
+          "print(float(np.asarray(hm(np.array([0., 10., 11.5])))[2]))")
+  out = testing.run_under_backend(code, backend)
+  assert out.strip().splitlines()[-1] == "5.75"

@@ -1,4 +1,4 @@
-"""Gumbel gate and SpotTune model (issue 6, deliverable 2: model parts and their tests)."""
+"""Gumbel gate and SpotTune model: the model parts and their tests."""
 
 import dataclasses
 
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mammo_tf.config import ModelConfig, TrainConfig, get_config
-from mammo_tf.models import resnet, spottune
+from mammo_tf.config import get_config
+from mammo_tf.models import resnet
+from mammo_tf.models import spottune
+from tests import testing
 
 SIDE = 32
 
@@ -277,15 +279,9 @@ def test_keras_file_round_trip(base, tmp_path):
   x = _patches(8, seed=2)
   y = np.array([[1], [0]] * 4, np.float32)
   _step(model, keras.optimizers.Adam(learning_rate=1e-2), x, y)   # make the copies differ
-  want, want_gates = (np.asarray(t) for t in model(x, training=False, return_gates=True))
-  path = str(tmp_path / "spottune.keras")
-  model.save(path)
-  loaded = keras.saving.load_model(path)
+  loaded = testing.assert_keras_file_round_trip(model, str(tmp_path / "spottune.keras"), x,
+                                                training=False, return_gates=True)
   assert isinstance(loaded, spottune.SpotTuneModel)
-  got, got_gates = (np.asarray(t) for t in loaded(x, training=False, return_gates=True))
-  np.testing.assert_array_equal(got, want)
-  np.testing.assert_array_equal(got_gates, want_gates)
-  assert loaded.get_config() == model.get_config()
   assert _count(loaded.trainable_weights) == _count(model.trainable_weights)
   assert not loaded.gated_units[0].frozen_unit.trainable
 
@@ -295,13 +291,10 @@ def test_gated_unit_config_round_trip():
   unit = spottune.GatedResidualUnit(resnet.ResidualUnit(**kwargs, name="frozen"),
                                     resnet.ResidualUnit(**kwargs, name="tuned"),
                                     name="stage1_unit1")
-  unit.build((None, 8, 8, 4))
-  clone = spottune.GatedResidualUnit.from_config(unit.get_config())
-  clone.build((None, 8, 8, 4))
-  clone.set_weights(unit.get_weights())
   x = np.random.default_rng(0).normal(size=(3, 8, 8, 4)).astype(np.float32)
   gate = np.array([0.0, 1.0, 0.0], np.float32)
-  np.testing.assert_array_equal(np.asarray(clone(x, gate)), np.asarray(unit(x, gate)))
+  unit(x, gate)
+  testing.assert_config_round_trip(unit, x, gate)
   f = np.asarray(unit.frozen_unit(x))
   t = np.asarray(unit.tuned_unit(x))
   np.testing.assert_array_equal(np.asarray(unit(x, gate)), np.stack([f[0], t[1], f[2]]))

@@ -54,7 +54,8 @@ def worker_main(index: int, ports: str, data_dir: str, workdir: str, out: str) -
   os.environ["TF_CONFIG"] = json.dumps({
       "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
       "task": {"type": "worker", "index": index}})
-  from mammo_tf.training import loop, runtime
+  from mammo_tf.training import loop
+  from mammo_tf.training import runtime
   from tests.training.conftest import tiny_config
   cfg = tiny_config("train.strategy=multi_worker", f"train.epochs={EPOCHS}",
                     "data.samples_per_epoch=24", "data.batch_size=8")

@@ -22,6 +22,7 @@ from mammo_tf.training import optim
 from mammo_tf.training import selection
 from mammo_tf.training import spottune_train
 from mammo_tf.training import tensorboard
+from tests import testing
 from tests.training.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -117,49 +118,13 @@ def test_tensorboard_tags(base_run):
 
 # -- export ----------------------------------------------------------------------------------------
 
-_FRESH = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-from sklearn import metrics as sk_metrics
-fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-x = np.load(sys.argv[2])
-out = fn(patch=tf.constant(x))
-errors = {}
-for name, bad in (("dtype", tf.constant(x.astype(np.float32))),
-                  ("shape", tf.constant(x[:, :-8, :-8]))):
-  try:
-    fn(patch=bad)
-    errors[name] = ""
-  except Exception as e:  # noqa
-    errors[name] = f"{type(e).__name__}: {e}"
-np.save(sys.argv[3], out["probability"].numpy())
-json.dump({"keys": sorted(out), "dtype": out["probability"].dtype.name, "errors": errors,
-           "mammo_tf": any(m.startswith("mammo_tf") for m in sys.modules),
-           "path": [p for p in sys.path if "work/main" in p and "site-packages" not in p]},
-          open(sys.argv[4], "w"))
-"""
-
-
-def _serve_in_fresh_process(export_dir, x, tmp_path):
-  np.save(tmp_path / "x.npy", x)
-  script = tmp_path / "serve.py"
-  script.write_text(_FRESH)
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  subprocess.run([sys.executable, "-I", str(script), export_dir, str(tmp_path / "x.npy"),
-                  str(tmp_path / "y.npy"), str(tmp_path / "info.json")],
-                 cwd=str(tmp_path), env=env, check=True, timeout=300)
-  return np.load(tmp_path / "y.npy"), json.load(open(tmp_path / "info.json"))
-
-
 def _uint16_patches(data_dir, cfg, domain, n=6):
   return np.rint(_val_batch(data_dir, cfg, domain)["patch"][:n].numpy()).astype(np.uint16)
 
 
 def test_export_in_a_fresh_process_matches_keras(base_run, tiny_cfg, data_dir, tmp_path):
   x = _uint16_patches(data_dir, tiny_cfg, "ffdm")
-  y, info = _serve_in_fresh_process(base_run.paths["export"], x, tmp_path)
+  y, info = testing.serve_in_fresh_process(base_run.paths["export"], x, tmp_path)
   assert not info["mammo_tf"] and not info["path"]
   assert info["keys"] == ["probability"] and info["dtype"] == "float32"
   model = keras.models.load_model(base_run.paths["best"])
@@ -224,7 +189,7 @@ def test_spottune_job_trains_saves_reloads_exports(base_run, data_dir, tmp_path)
   assert not np.array_equal(base.get_layer(unit).conv1.get_weights()[0],
                             tuned.conv1.get_weights()[0])
   history = result.history[0]
-  assert "learning_rate_policy" in history and history["learning_rate_policy"] == pytest.approx(0.01)
+  assert history["learning_rate_policy"] == pytest.approx(0.01)
   assert len(history["policy"]) == 12
   pol = json.load(open(result.paths["policy"]))
   assert pol["decision"] == "argmax" and pol["units"][0] == "stage1_unit1"

@@ -1,5 +1,6 @@
 """Resume after SIGKILL: `python -m train.train_base` killed after its first epoch checkpoint and
-restarted with the same command ends with exactly the weights and metrics of an uninterrupted run."""
+restarted with the same command ends with exactly the weights and metrics of an uninterrupted
+run."""
 
 import os
 import signal

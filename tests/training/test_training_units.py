@@ -16,7 +16,6 @@ from mammo_tf.training import runtime
 from mammo_tf.training import selection
 from mammo_tf.training import tensorboard
 
-
 # -- best-AUC selection and early stopping ---------------------------------------------------------
 
 def test_best_epoch_on_a_scripted_auc_sequence():
