@@ -1,13 +1,23 @@
-"""Training-patch throughput of the tf.data pipeline vs a plain NumPy + PIL + scikit-image loop.
+"""Training-patch throughput of the tf.data pipeline: host vs device augmentation, and a plain loop.
 
 Paper geometry: stored (half-resolution) images of 2048 x 1664, 512 px patches, augmentation
 (flips, noise, translation, rotation) and histogram matching, written as a handful of real
-TFRecord examples (PNG-16) to a temporary folder. Measures patches/s of
-`make_train_dataset(..., hm_lut=...)` with reuse 1 and 4, then the same steps done one patch at a
-time in plain Python in the same process (PIL PNG decode, 724 px window, skimage rotate, crop
-512, flips, HM by np.interp, noise), and prints the ratios. Asserts nothing about time.
+TFRecord examples to a temporary folder, once per codec (PNG-16 and raw). For each codec and reuse
+1 and 4, back to back in one process (the machine may be shared, so compare ratios):
 
-  python bench/bench_pipeline.py [--images 6] [--batches 12] [--plain 12] [--codec png]
+* ``host`` mode: `make_train_dataset(..., hm_lut=...)` with ``data.augment_on=host`` -- tf.data
+  cuts, transforms, histogram-matches and noises every patch;
+* ``device`` mode: the same stream with ``data.augment_on=device`` -- tf.data only decodes, draws
+  the geometry and cuts a 704 px window (what an accelerator would pull); for raw, also with
+  ``band_decode=False`` (whole-image decode: the "before" figure of the row-band decode);
+* the device-side cost: `DeviceAugment` (transform, flips, HM, noise) on batches of windows, per
+  patch, on this CPU;
+* the plain NumPy + PIL + scikit-image loop of the same host-mode steps (1 core).
+
+Prints patches/s and per core, and ``device/host per-core ratio (raw, reuse 4): N.Nx``. Asserts
+nothing about time.
+
+  python bench/bench_pipeline.py [--images 4] [--batches 12] [--plain 12] [--codecs png,raw]
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from skimage.transform import rotate  # noqa: E402
 
 from mammo_tf import config  # noqa: E402
 from mammo_tf.data import patches, pipeline, schema  # noqa: E402
+from mammo_tf.models import augment_layer  # noqa: E402
 from tests import tfrecord_factory  # noqa: E402
 
 
@@ -38,17 +49,33 @@ def _load():
   return f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} on {os.cpu_count()} cores"
 
 
-def bench_pipeline(data_dir, cfg, lut, batches):
-  ds = pipeline.make_train_dataset(data_dir, "dbt", "train", cfg, seed=0, hm_lut=lut)
+def bench_pipeline(data_dir, cfg, lut, batches, band_decode=True):
+  """Patches/s of the host pipeline alone (host mode: patches; device mode: windows)."""
+  ds = pipeline.make_train_dataset(data_dir, "dbt", "train", cfg, seed=0, hm_lut=lut,
+                                   band_decode=band_decode)
   it = iter(ds)
   for _ in range(3):                                  # warm-up: tracing, autotune, prefetch
     next(it)
   t0 = time.perf_counter()
   for _ in range(batches):
-    patch, _ = next(it)
-  _ = patch.numpy()
+    x, _ = next(it)
+  _ = (x["window"] if isinstance(x, dict) else x).numpy()
   dt = time.perf_counter() - t0
   return batches * cfg.data.batch_size / dt
+
+
+def bench_layer(data_dir, cfg, lut, calls=4):
+  """Seconds per patch of `DeviceAugment` (transform + flips + HM + noise) on this CPU."""
+  cfg = config.override(cfg, {"data.augment_on": "device"})
+  x, _ = next(iter(pipeline.make_train_dataset(data_dir, "dbt", "train", cfg, seed=0)))
+  layer = augment_layer.for_config(cfg.data, lut)
+  fn = tf.function(layer)
+  fn(x).numpy()                                       # trace
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    out = fn(x)
+  _ = out.numpy()
+  return (time.perf_counter() - t0) / (calls * cfg.data.batch_size)
 
 
 def plain_loop(serialized, cfg, lut, n, seed=0):
@@ -89,36 +116,64 @@ def plain_loop(serialized, cfg, lut, n, seed=0):
   return n / (time.perf_counter() - t0)
 
 
+def _bench_codec(codec, args, cores, tmp):
+  """host / device(before) / device rates for one codec, reuse 1 and 4."""
+  cfg = config.get_config("paper", {"data.num_shards": 2, "data.image_codec": codec})
+  t0 = time.perf_counter()
+  data_dir = tfrecord_factory.write_dataset(os.path.join(tmp, codec), cfg=cfg,
+                                            num_images_per_class=args.images,
+                                            domains=("ffdm", "dbt"), splits=("train",),
+                                            image_shape=(2048, 1664))
+  print(f"wrote {4 * args.images} examples of 2048x1664 ({codec}) in "
+        f"{time.perf_counter() - t0:.1f} s")
+  lut = pipeline.hm_lut_for(data_dir, "dbt")
+  rates = {}
+  for reuse in (1, 4):
+    for mode, band in (("host", True), ("device", False), ("device", True)):
+      if mode == "device" and not band and codec != "raw":
+        continue                                      # PNG images are always decoded whole
+      c = config.override(cfg, {"data.reuse": reuse, "data.augment_on": mode})
+      rate = bench_pipeline(data_dir, c, lut, args.batches, band_decode=band)
+      name = mode if band else "device, whole-image decode"
+      rates[(reuse, name)] = rate
+      print(f"{codec:3s} reuse {reuse} {name:27s} {rate:7.1f} host patches/s "
+            f"({rate / cores:6.1f} per core); {_load()}")
+  per_patch = bench_layer(data_dir, cfg, lut)
+  print(f"{codec:3s} DeviceAugment on this CPU (transform + flips + HM + noise, batch "
+        f"{cfg.data.batch_size}): {per_patch * 1e3:.2f} ms per patch "
+        f"({1 / per_patch:.0f} patches/s); {_load()}")
+  return data_dir, lut, cfg, rates
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--images", type=int, default=6, help="images per class")
+  ap.add_argument("--images", type=int, default=4, help="images per class")
   ap.add_argument("--batches", type=int, default=12)
   ap.add_argument("--plain", type=int, default=12, help="patches of the plain loop")
-  ap.add_argument("--codec", default="png", choices=schema.CODECS)
+  ap.add_argument("--codecs", default="png,raw", help="comma-separated, from " + str(schema.CODECS))
   args = ap.parse_args()
-  cores = os.cpu_count() or 1
-  cfg = config.get_config("paper", {"data.num_shards": 2, "data.image_codec": args.codec})
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   print(f"TF {tf.__version__}; {_load()}")
   with tempfile.TemporaryDirectory() as tmp:
-    t0 = time.perf_counter()
-    data_dir = tfrecord_factory.write_dataset(tmp, cfg=cfg, num_images_per_class=args.images,
-                                              domains=("ffdm", "dbt"), splits=("train",),
-                                              image_shape=(2048, 1664))
-    print(f"wrote {4 * args.images} examples of 2048x1664 ({args.codec}) in "
-          f"{time.perf_counter() - t0:.1f} s")
-    lut = pipeline.hm_lut_for(data_dir, "dbt")
     results = {}
-    for reuse in (1, 4):
-      c = config.override(cfg, {"data.reuse": reuse})
-      results[reuse] = bench_pipeline(data_dir, c, lut, args.batches)
-      print(f"tf.data, augmentation + HM, reuse {reuse}: {results[reuse]:7.1f} patches/s "
-            f"({results[reuse] / cores:6.1f} per core); {_load()}")
+    for codec in args.codecs.split(","):
+      data_dir, lut, cfg, results[codec] = _bench_codec(codec, args, cores, tmp)
     files = tf.io.gfile.glob(schema.shard_pattern(data_dir, "dbt", "train"))
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(sorted(files))]
     plain = plain_loop(serialized, cfg, lut, args.plain)
-    print(f"plain NumPy + PIL + skimage loop (1 core):  {plain:7.1f} patches/s; {_load()}")
-    for reuse, rate in results.items():
-      print(f"ratio reuse {reuse}: {rate / plain:5.1f}x total, {rate / cores / plain:5.1f}x per core")
+    print(f"plain NumPy + PIL + skimage loop ({codec}, 1 core): {plain:7.1f} patches/s; {_load()}")
+    for codec, rates in results.items():
+      for reuse in (1, 4):
+        host, dev = rates[(reuse, "host")], rates[(reuse, "device")]
+        print(f"{codec} reuse {reuse}: host mode {host / cores / plain:4.1f}x the plain loop per "
+              f"core; device/host per-core ratio {dev / host:4.1f}x")
+        if (reuse, "device, whole-image decode") in rates:
+          before = rates[(reuse, "device, whole-image decode")]
+          print(f"{codec} reuse {reuse}: row-band decode / whole-image decode {dev / before:4.1f}x")
+    if "raw" in results:
+      r = results["raw"]
+      print(f"device/host per-core ratio (raw, reuse 4): {r[(4, 'device')] / r[(4, 'host')]:.1f}x"
+            f"; device mode {r[(4, 'device')] / cores:.0f} host patches/s per core")
 
 
 if __name__ == "__main__":

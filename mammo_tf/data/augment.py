@@ -93,22 +93,28 @@ def transform_vector(centre, angle, hflip, vflip, patch_size: int, offset=(0.0, 
   return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
 
 
+def window_bounds(centre, angle, image_hw, patch_size: int):
+  """int32 ``(y0, x0, y1, x1)``: the image window ``[y0, y1) x [x0, x1)`` holding every bilinear
+  neighbour of every sample of the patch at `centre` rotated by `angle` (clipped to the image)."""
+  h, w = tf.cast(image_hw[0], tf.int32), tf.cast(image_hw[1], tf.int32)
+  centre = tf.cast(centre, tf.float32)
+  angle = tf.cast(angle, tf.float32)
+  e = (patch_size - 1) / 2.0 * (tf.abs(tf.cos(angle)) + tf.abs(tf.sin(angle)))
+  y0 = tf.clip_by_value(tf.cast(tf.floor(centre[0] - e), tf.int32) - 1, 0, h)
+  x0 = tf.clip_by_value(tf.cast(tf.floor(centre[1] - e), tf.int32) - 1, 0, w)
+  y1 = tf.clip_by_value(tf.cast(tf.floor(centre[0] + e), tf.int32) + 3, y0, h)
+  x1 = tf.clip_by_value(tf.cast(tf.floor(centre[1] + e), tf.int32) + 3, x0, w)
+  return y0, x0, y1, x1
+
+
 def extract_patch(image: tf.Tensor, centre, angle, hflip, vflip, patch_size: int) -> tf.Tensor:
   """float32 [P, P, 1] patch of `image` ([H, W, 1], any real dtype) by one projective transform.
 
   `centre` is used as given (clamp it first with `patches.clamp_centre`). Samples outside the
   image are 0 (bilinear, fill 0).
   """
-  shape = tf.shape(image)
-  h, w = shape[0], shape[1]
   centre = tf.cast(centre, tf.float32)
-  angle = tf.cast(angle, tf.float32)
-  e = (patch_size - 1) / 2.0 * (tf.abs(tf.cos(angle)) + tf.abs(tf.sin(angle)))
-  # Window [y0, y1) x [x0, x1) holding every bilinear neighbour of every sample.
-  y0 = tf.clip_by_value(tf.cast(tf.floor(centre[0] - e), tf.int32) - 1, 0, h)
-  x0 = tf.clip_by_value(tf.cast(tf.floor(centre[1] - e), tf.int32) - 1, 0, w)
-  y1 = tf.clip_by_value(tf.cast(tf.floor(centre[0] + e), tf.int32) + 3, y0, h)
-  x1 = tf.clip_by_value(tf.cast(tf.floor(centre[1] + e), tf.int32) + 3, x0, w)
+  y0, x0, y1, x1 = window_bounds(centre, angle, tf.shape(image)[:2], patch_size)
   window = tf.cast(image[y0:y1, x0:x1, :], tf.float32)
   window = tf.cond(tf.logical_or(y1 <= y0, x1 <= x0),
                    lambda: tf.zeros([1, 1, 1], tf.float32), lambda: window)
@@ -128,6 +134,24 @@ def add_noise(patch: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
   return patch + float(std) * tf.random.stateless_normal(tf.shape(patch), seed, dtype=patch.dtype)
 
 
+def patch_geometry(image_hw, mask, mask_downsample, box, has_box, seed, data_cfg, *,
+                   train: bool) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """The stateless draws of one patch: (clamped centre float32 [2], `sample_params` dict).
+
+  The one place both augmentation modes take their geometry from (``data.augment_on``: `host`
+  cuts the patch here, `device` cuts a window around it, see `mammo_tf.data.windows`).
+  """
+  p = int(data_cfg.patch_size)
+  params = sample_params(seed, data_cfg, train=train)
+  centre = patches_lib.choose_centre(mask, mask_downsample, image_hw, box, has_box,
+                                     params["centre_u"])
+  if train:
+    centre = patches_lib.clamp_centre(centre + params["translate"], image_hw, p, params["angle"])
+  else:
+    centre = tf.cast(patches_lib.window_top_left(centre, image_hw, p), tf.float32) + (p - 1) / 2.0
+  return centre, params
+
+
 def make_patch(image, mask, mask_downsample, box, has_box, seed, data_cfg, *, train: bool,
                hm=None) -> tf.Tensor:
   """Centre rule + (train: augmentation) + one transform + optional HM + (train: noise).
@@ -137,13 +161,8 @@ def make_patch(image, mask, mask_downsample, box, has_box, seed, data_cfg, *, tr
   stored pixels (integer window, zero padding beyond the image).
   """
   p = int(data_cfg.patch_size)
-  hw = tf.shape(image)[:2]
-  params = sample_params(seed, data_cfg, train=train)
-  centre = patches_lib.choose_centre(mask, mask_downsample, hw, box, has_box, params["centre_u"])
-  if train:
-    centre = patches_lib.clamp_centre(centre + params["translate"], hw, p, params["angle"])
-  else:
-    centre = tf.cast(patches_lib.window_top_left(centre, hw, p), tf.float32) + (p - 1) / 2.0
+  centre, params = patch_geometry(tf.shape(image)[:2], mask, mask_downsample, box, has_box, seed,
+                                  data_cfg, train=train)
   patch = extract_patch(image, centre, params["angle"], params["hflip"], params["vflip"], p)
   if hm is not None:
     patch = tf.cast(hm(patch), tf.float32)
