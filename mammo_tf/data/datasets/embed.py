@@ -12,8 +12,9 @@ path, so it is resolved by its longest tail that exists under the root.
 
 The two tables are joined, as the descriptor advises, on patient, exam and side: a finding
 applies to an image of the same ``empi_anon`` and ``acc_anon`` whose ``ImageLateralityFinal``
-equals the finding's ``side`` (or ``side`` is B). Only ``FinalImageType`` 2D rows are used (C-view
-images are synthetic; 3D volumes are not in the release); the others are counted.
+equals the finding's ``side`` (or ``side`` is B, or empty as on a negative exam's single row).
+Only ``FinalImageType`` 2D rows are used (C-view images are synthetic; 3D volumes are not in the
+release); the others are counted.
 
 Label of a finding: ``path_severity`` 0-1 -> malignant, 2 -> high_risk, 3-4 -> benign,
 5 -> normal (6, non-breast cancer, is left out); without pathology, ``asses`` N (BI-RADS 1) and
@@ -104,7 +105,7 @@ def build(root: str, options: common.Options) -> common.BuildResult:
       continue
     side = v["ImageLateralityFinal"].upper()[:1]
     matched = [f for f in findings.get((v["empi_anon"], v["acc_anon"]), [])
-               if f[0] in (side, "B")]
+               if f[0] in (side, "B", "")]
     if not matched:
       col.skip(where, "no clinical finding with a usable outcome for this exam and side")
       continue

@@ -124,7 +124,8 @@ def test_embed(tmp_path):
       ("E1", "A1", "2D", "R", "MLO", "", True),
       ("E2", "A2", "2D", "L", "CC", "", True),
       ("E2", "A2", "2D", "R", "CC", "", False),
-      ("E3", "A3", "2D", "L", "CC", "", True)]):
+      ("E3", "A3", "2D", "L", "CC", "", True),
+      ("E4", "A4", "2D", "R", "CC", "", True)]):
     rel = f"cohort_1/{empi}/{acc}/1.2.840.{k}.dcm"
     if on_disk:
       dicom_factory.write_ffdm(os.path.join(root, rel), helpers.breast(side, seed=k),
@@ -137,7 +138,8 @@ def test_embed(tmp_path):
                     CLINICAL, [["E1", "A1", "2019-01-01", "MG Diag", "L", "S", 1, "0.0"],
                                ["E1", "A1", "2019-01-01", "MG Diag", "R", "N", 2, ""],
                                ["E2", "A2", "2019-02-01", "MG Screen", "B", "B", 1, ""],
-                               ["E3", "A3", "2019-03-01", "MG Diag", "L", "S", 1, ""]])
+                               ["E3", "A3", "2019-03-01", "MG Diag", "L", "S", 1, ""],
+                               ["E4", "A4", "2019-04-01", "MG Screen", "", "N", "", ""]])
   out = str(tmp_path / "m.csv")
   status, log, rows, skipped = helpers.make_manifest("embed", root, out)
   assert status == 1, log
@@ -145,10 +147,11 @@ def test_embed(tmp_path):
           for k, r in rows.items()} == {
       "1.2.840.0": ("E1", "A1", "malignant", "L", (4.0, 10.0, 10.0, 10.0)),
       "1.2.840.2": ("E1", "A1", "normal", "R", None),
-      "1.2.840.3": ("E2", "A2", "normal", "L", None)}
+      "1.2.840.3": ("E2", "A2", "normal", "L", None),
+      "1.2.840.6": ("E4", "A4", "normal", "R", None)}
   assert sorted(r["reason"].split(" (")[0] for r in skipped) == [
       "finding without a usable outcome", "image listed but not found on disk",
       "no clinical finding with a usable outcome for this exam and side"]
   assert "metadata rows not 2D (C-view, 3D, ...) not used: 1" in log
   status, log, summary = helpers.convert(out, str(tmp_path / "tfr"))
-  assert status == 0 and summary["total"]["images"] == 3, log
+  assert status == 0 and summary["total"]["images"] == 4, log
