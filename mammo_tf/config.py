@@ -66,7 +66,8 @@ class DataConfig:
   patch_size: int = 512                       # patch side in stored pixels (paper: 512)
   mask_downsample: int = 8                    # breast mask stored at stored / mask_downsample
   image_codec: str = "png"                    # png (PNG-16) | raw (uint16 bytes)
-  num_shards: int = 16                        # shards per (domain, split, class)
+  num_shards: int = 0                         # > 0: fixed shards per (domain, split, class)
+  shard_size_mb: float = 192.0                # num_shards = 0: shards of about this size (MiB)
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   cdf_samples_ffdm: int = 1200
   cdf_samples_dbt: int = 600

@@ -210,9 +210,37 @@ def cdf_from_histogram(hist: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- c.d.f. sample
 
 
+CDF_STRATA = ("normal", "benign", "positive")   # the paper's "normal, benign and malignant"
+
+
+def _stratum(label: str) -> str:
+  return "positive" if label in config_lib.POSITIVE_LABELS else label
+
+
+def balanced_counts(num: int, sizes: Sequence[int]) -> list[int]:
+  """Equal shares of `num` over the strata, each capped at its size, the shortfall of a small
+  stratum spread equally over the others (water filling; remainders go to the earlier strata)."""
+  counts = [0] * len(sizes)
+  left = min(int(num), sum(sizes))
+  open_ = [i for i, n in enumerate(sizes) if n > 0]
+  while left > 0 and open_:
+    share, extra = divmod(left, len(open_))
+    for j, i in enumerate(open_):
+      take = min(sizes[i] - counts[i], share + (1 if j < extra else 0))
+      counts[i] += take
+      left -= take
+    open_ = [i for i in open_ if counts[i] < sizes[i]]
+  return counts
+
+
 def stratified_sample(items: Sequence[tuple[str, str]], num: int, seed: int,
                       domain: str) -> list[str]:
-  """Class-stratified random sample of image hashes (proportional allocation), sorted.
+  """The c.d.f. sample: equal numbers of normal, benign and positive images, sorted hashes.
+
+  The paper averages the c.d.f.s of 1,200 FFDM / 600 MIP training images "comprised of equal
+  amounts of the normal, benign and malignant classes" (positive = malignant + high-risk here).
+  A class with fewer images than its share gives all of them and the others fill the shortfall
+  (`balanced_counts`); `sample_strata` counts what was taken (summary.json).
 
   Args:
     items: ``(image_hash, label)`` pairs (any order).
@@ -220,22 +248,27 @@ def stratified_sample(items: Sequence[tuple[str, str]], num: int, seed: int,
     seed: the run's seed; the domain is mixed in so the two domains draw independently.
     domain: "ffdm" | "dbt".
   """
-  by_class: dict[str, list[str]] = {l: [] for l in config_lib.LABELS}
+  by_stratum: dict[str, list[str]] = {c: [] for c in CDF_STRATA}
   for image_hash, label in items:
-    by_class[label].append(image_hash)
-  total = sum(len(v) for v in by_class.values())
+    by_stratum[_stratum(label)].append(image_hash)
+  total = sum(len(v) for v in by_stratum.values())
   if num <= 0 or num >= total:
-    return sorted(h for v in by_class.values() for h in v)
-  sizes = [len(by_class[l]) for l in config_lib.LABELS]
-  counts = manifest_lib.allocate(num, sizes)
+    return sorted(h for v in by_stratum.values() for h in v)
+  counts = balanced_counts(num, [len(by_stratum[c]) for c in CDF_STRATA])
   rng = np.random.default_rng(np.random.SeedSequence(
       [int(seed), config_lib.DOMAINS.index(domain), 0xCDF]))
   chosen = []
-  for label, k in zip(config_lib.LABELS, counts):
-    pool = sorted(by_class[label])
+  for stratum, k in zip(CDF_STRATA, counts):
+    pool = sorted(by_stratum[stratum])
     if k:
       chosen.extend(pool[i] for i in rng.choice(len(pool), size=k, replace=False))
   return sorted(chosen)
+
+
+def sample_strata(chosen: Iterable[str], labels: dict[str, str]) -> dict[str, int]:
+  """``{"normal": n, "benign": n, "positive": n}`` of a c.d.f. sample (hash -> label map)."""
+  counts = collections.Counter(_stratum(labels[h]) for h in chosen)
+  return {c: int(counts[c]) for c in CDF_STRATA}
 
 
 def cdf_from_tfrecords(data_dir: str, domain: str, num: int, seed: int) -> tuple[np.ndarray, int]:
@@ -606,7 +639,7 @@ def write_cdfs_and_reports(out_dir: str, ok: Sequence[dict], errors: Sequence,
   histogram. The average c.d.f. of each domain is taken over a class-stratified sample of its
   training images (`stratified_sample`), in a fixed order, so both runners write the same bytes.
   """
-  cdf_counts = {}
+  cdf_counts, cdf_classes = {}, {}
   for d in config_lib.DOMAINS:
     path = schema.cdf_path(out_dir, d)
     train = [(e["image"], e["label"]) for e in ok if e["domain"] == d and e["split"] == "train"]
@@ -620,13 +653,36 @@ def write_cdfs_and_reports(out_dir: str, ok: Sequence[dict], errors: Sequence,
     avg = cdf_lib.average_cdf([cdf_from_histogram(histogram_of(h)) for h in chosen])
     cdf_lib.save_cdf(path, avg, domain=d, num_images=len(chosen))
     cdf_counts[d] = len(chosen)
-    logging.info("%s: average c.d.f. over %d training images", d, len(chosen))
+    cdf_classes[d] = sample_strata(chosen, dict(train))
+    logging.info("%s: average c.d.f. over %d training images (%s)", d, len(chosen),
+                 ", ".join(f"{n} {c}" for c, n in cdf_classes[d].items()))
 
   summary = build_summary(ok, cfg=cfg, seed=seed, num_rows=num_rows, num_errors=len(errors),
                           cdf_counts=cdf_counts)
+  summary["cdf_classes"] = cdf_classes
+  warn_missing_classes(ok)
+  summary["shards"] = writer.shard_stats(out_dir, config_lib.DOMAINS)
   _atomic_write(os.path.join(out_dir, ERRORS), _errors_csv(errors, salt, errors_with_paths))
   files.atomic_write_json(os.path.join(out_dir, SUMMARY), summary)
   return summary
+
+
+def warn_missing_classes(ok: Sequence[dict]) -> list[str]:
+  """Logs (and returns) one line per domain and split that lacks a class, e.g. too few DBT
+  patients or positives for the patient split to give every split both classes."""
+  lines = []
+  for d in config_lib.DOMAINS:
+    mine = [e for e in ok if e["domain"] == d]
+    if not mine:
+      continue
+    for split in config_lib.SPLITS:
+      have = {e["label"] in config_lib.POSITIVE_LABELS for e in mine if e["split"] == split}
+      missing = [name for flag, name in ((True, "positive"), (False, "negative")) if flag not in have]
+      if missing:
+        lines.append(f"{d}/{split} has no {' and no '.join(missing)} images (too few patients "
+                     "of that class for the split); training or evaluation on it will stop")
+        logging.warning("%s", lines[-1])
+  return lines
 
 
 def _write_errors_if_possible(out_dir: str, errors: Sequence[manifest_lib.RowError],

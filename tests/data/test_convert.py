@@ -66,12 +66,13 @@ def test_block_mean_box_and_flip():
   assert convert.flip_box((10, 20, 30, 40), 80) == (40, 20, 30, 40)
 
 
-def test_stratified_sample_is_seeded_proportional_and_sorted():
+def test_stratified_sample_is_seeded_balanced_and_sorted():
   items = [(f"{i:04x}", config_lib.LABELS[i % 4] if i < 80 else "normal") for i in range(100)]
-  a = convert.stratified_sample(items, 10, 0, "ffdm")
-  assert a == sorted(a) and len(a) == 10 and a == convert.stratified_sample(items[::-1], 10, 0, "ffdm")
+  a = convert.stratified_sample(items, 9, 0, "ffdm")
+  assert a == sorted(a) and len(a) == 9 and a == convert.stratified_sample(items[::-1], 9, 0, "ffdm")
   labels = dict(items)
-  assert sorted(labels[h] for h in a) == ["benign"] * 2 + ["high_risk"] * 2 + ["malignant"] * 2 + ["normal"] * 4
+  assert convert.sample_strata(a, labels) == {"normal": 3, "benign": 3, "positive": 3}
+  a = convert.stratified_sample(items, 10, 0, "ffdm")
   assert a != convert.stratified_sample(items, 10, 1, "ffdm")
   assert a != convert.stratified_sample(items, 10, 0, "dbt")
   assert len(convert.stratified_sample(items, 500, 0, "ffdm")) == 100
