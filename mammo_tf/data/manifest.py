@@ -35,10 +35,14 @@ proportions overall; every domain and class close to them). A patient's split do
 row order, and a patient is in exactly one split. Patients with a
 ``split`` override keep it and are left out of the allocation; a patient whose rows carry
 different overrides is an error for all of that patient's rows (`read_manifest` reports it).
+Scarce classes: when a domain's val or test split holds no positive (or no negative) image of that
+domain after the cut, a training patient holding one moves there, as long as training keeps every
+(domain, class) it had; what the data cannot give, the converter reports per domain and split.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -292,6 +296,7 @@ def assign_splits(rows: Iterable[ManifestRow], seed: int,
   """Patient-level split ``{patient_id: "train"|"val"|"test"}`` (see the module docstring)."""
   if len(fractions) != len(config_lib.SPLITS):
     raise ValueError(f"split_fractions needs {len(config_lib.SPLITS)} values, got {fractions}")
+  rows = list(rows)
   domains: dict[str, set[str]] = {}
   positive: dict[str, bool] = {}
   overrides: dict[str, set[str]] = {}
@@ -325,4 +330,32 @@ def assign_splits(rows: Iterable[ManifestRow], seed: int,
     for _, _, pid in positions[i:i + count]:
       splits[pid] = split
     i += count
+  holds: dict[str, set[tuple[str, bool]]] = {}
+  for r in rows:
+    holds.setdefault(r.patient_id, set()).add((r.domain, bool(r.positive)))
+  _give_every_split_both_classes(splits, holds, set(overrides), seed)
   return splits
+
+
+def _give_every_split_both_classes(splits: dict[str, str], holds: dict[str, set[tuple[str, bool]]],
+                                   fixed: set[str], seed: int) -> None:
+  """Moves training patients into a val/test split that lacks a (domain, class) they hold.
+
+  Scarce DBT can leave a domain's val or test split without positives (or negatives) after the
+  proportional cut. When training holds at least two patients with such images, the first of them
+  in seeded order whose move leaves training with every (domain, class) it had goes to that split
+  (override patients never move). Deterministic; a no-op when the cut already satisfies it.
+  """
+  wanted = sorted({key for keys in holds.values() for key in keys})
+  for split in ("val", "test"):
+    for key in wanted:
+      if any(splits[p] == split and key in holds[p] for p in holds):
+        continue
+      train = [p for p in holds if splits[p] == "train"]
+      in_train = collections.Counter(k for p in train for k in holds[p])
+      for pid in sorted(train, key=lambda p: (_patient_key(seed, p), p)):
+        if pid in fixed or key not in holds[pid]:
+          continue
+        if all(in_train[k] >= 2 for k in holds[pid]):
+          splits[pid] = split
+          break

@@ -203,6 +203,18 @@ def check_study_config(cfg: config_lib.ExperimentConfig, workdir: str,
   write_json_atomic(path, current)
 
 
+def check_splits(data_dir: str, split: str = "test") -> None:
+  """Every split the study reads holds both classes, else one line naming it (before any work).
+
+  Training and validation of FFDM and DBT, and the evaluation `split` of both domains (Table 2
+  evaluates FFDM and MIP). Raises `pipeline.MissingSplitError` (a ValueError: exit status 2).
+  """
+  from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  for domain in config_lib.DOMAINS:
+    for name in ("train", "val", split):
+      pipeline.require_split(data_dir, domain, name, both_classes=True)
+
+
 # -- trainings ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -490,6 +502,7 @@ def run_study(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
   the trainings and rows computed by this call (both empty when a finished study is rerun).
   """
   from mammo_tf.evaluation import report  # pylint: disable=g-import-not-at-top
+  check_splits(data_dir, split)
   os.makedirs(workdir, exist_ok=True)
   check_study_config(cfg, workdir, data_dir)
   logging.info("study in %s: preset %s, seed %d, data %s", workdir, cfg.name, cfg.seed, data_dir)

@@ -457,6 +457,8 @@ def _prepare(task: Task, cfg: config_lib.ExperimentConfig, data_dir: str, workdi
              strategy: tf.distribute.Strategy | None, deterministic: bool, log_images: bool
              ) -> _Run:
   """Strategy, seeds, HM table, model and optimisers, work-dir check and restored state."""
+  for split in ("train", "val"):   # one clear line naming a missing split, before any work
+    pipeline.require_split(data_dir, task.domain, split, both_classes=True)
   strategy = strategy or runtime.select_strategy(cfg.train.strategy)
   runtime.set_determinism(cfg.seed, op_determinism=deterministic)
   chief = runtime.is_chief(strategy)

@@ -115,14 +115,20 @@ def test_split_is_deterministic_exact_and_patient_level():
 def test_small_cohort_gets_every_split_and_overrides_are_honoured():
   rows = _rows(16)
   a = manifest.assign_splits(rows, seed=0)
-  assert collections.Counter(a.values()) == {"train": 13, "val": 2, "test": 1}
+  # The 13/2/1 cut, then training patients moved until val and test hold both classes of both
+  # domains (tests/data/test_splits.py).
+  assert collections.Counter(a.values()) == {"train": 10, "val": 4, "test": 2}
+  for split in ("val", "test"):
+    assert {(r.domain, r.positive) for r in rows if a[r.patient_id] == split} == {
+        (d, p) for d in ("ffdm", "dbt") for p in (True, False)}
   rows = [r if r.patient_id != "patient-0000" else
           manifest.ManifestRow(r.patient_id, "e", r.image_id, r.domain, "/x", r.label, split="test")
           for r in _rows(11)]
   b = manifest.assign_splits(rows, seed=0)
   assert b["patient-0000"] == "test"
+  # 8/1/1 cut of the other ten, then one training patient moved to give val its negatives.
   assert collections.Counter(v for k, v in b.items() if k != "patient-0000") == {
-      "train": 8, "val": 1, "test": 1}
+      "train": 7, "val": 2, "test": 1}
 
 
 def test_allocate():
