@@ -75,6 +75,56 @@ def _input_size(model: Any) -> int | None:
     return None
 
 
+MODEL_CONFIG = "config.json"     # written by the trainer beside best.keras (loop.CONFIG_FILE)
+MODEL_HM_LUT = "hm_lut.npy"      # the HM table a training applied to its inputs
+
+
+def _model_dirs(model_path: str) -> list[str]:
+  """Folders that hold a model's training files: the SavedModel folder itself and its parent
+  (``<workdir>/export``), or the folder of a ``.keras`` file (``<workdir>``)."""
+  path = os.path.abspath(model_path.rstrip("/\\"))
+  return ([path] if os.path.isdir(path) else []) + [os.path.dirname(path)]
+
+
+def model_config_path(model_path: str) -> str | None:
+  """The ``config.json`` saved with a model by its training, or None."""
+  for folder in _model_dirs(model_path):
+    candidate = os.path.join(folder, MODEL_CONFIG)
+    if os.path.isfile(candidate):
+      return candidate
+  return None
+
+
+def config_for_model(model_path: str, preset: str | None, overrides: Sequence[str] = ()
+                     ) -> tuple[Any, str]:
+  """The configuration to evaluate a model with, and where it came from.
+
+  The model's own ``config.json`` (patch geometry, downsampling, masks, batch sizes: what its
+  training used), with `overrides` applied on top; a named `preset` only when one is given or the
+  model has no ``config.json`` (then ``paper``).
+  """
+  from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  if preset is None:
+    path = model_config_path(model_path)
+    if path is not None:
+      with open(path, "r", encoding="utf-8") as f:
+        cfg = config_lib.from_json(f.read())
+      return config_lib.validate(config_lib.override(cfg, list(overrides))), path
+    preset = "paper"
+  return config_lib.get_config(preset, list(overrides)), f"preset {preset}"
+
+
+def model_hm_lut(model_path: str) -> np.ndarray | None:
+  """The HM table a ``.keras`` model was trained with (``hm_lut.npy`` beside it), else None.
+
+  A SavedModel export carries its HM layer already, so it gets None.
+  """
+  if os.path.isdir(model_path):
+    return None
+  path = os.path.join(os.path.dirname(os.path.abspath(model_path)), MODEL_HM_LUT)
+  return np.load(path).astype(np.float32) if os.path.isfile(path) else None
+
+
 def load_predictor(path: str) -> Predictor:
   """Loads a `.keras` model or a SavedModel directory as a `Predictor`.
 
