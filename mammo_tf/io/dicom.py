@@ -1,4 +1,4 @@
-"""DICOM mammograms and tomosynthesis volumes -> 12-bit uint16 images (paper Fig. 2: 0..4095). No TF.
+"""DICOM mammograms and DBT volumes -> 12-bit uint16 images (paper Fig. 2: 0..4095). No TF.
 
 The public API; the work is done in small modules:
 
@@ -45,3 +45,10 @@ from mammo_tf.io.rules import INTENSITY_RULES, RANGE_PERCENTILES  # noqa: F401
 from mammo_tf.io.voi import Lut, Window  # noqa: F401
 
 _open_source = open_source  # the name older tests use
+
+__all__ = [
+  "HEADER_TAGS", "MAX_FRAME_BYTES", "DicomError", "open_dataset", "open_file", "open_source",
+  "IntensityRule", "intensity_table", "to_12bit", "DicomMeta", "flip_to_canonical",
+  "infer_laterality", "list_dbt_slices", "read_dbt_mip", "read_ffdm", "read_image",
+  "INTENSITY_RULES", "RANGE_PERCENTILES", "Lut", "Window",
+]

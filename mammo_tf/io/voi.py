@@ -4,7 +4,8 @@ Window functions (PS3.3 C.11.2.1.2), input ``x`` (modality values), centre ``c``
 output range ``[y_min, y_max]``:
 
 * LINEAR (``w >= 1``): ``y_min`` for ``x <= c - 0.5 - (w - 1) / 2``, ``y_max`` for
-  ``x > c - 0.5 + (w - 1) / 2``, else ``((x - (c - 0.5)) / (w - 1) + 0.5) * (y_max - y_min) + y_min``;
+  ``x > c - 0.5 + (w - 1) / 2``, else
+  ``((x - (c - 0.5)) / (w - 1) + 0.5) * (y_max - y_min) + y_min``;
 * LINEAR_EXACT (``w > 0``): ``y_min`` for ``x <= c - w / 2``, ``y_max`` for ``x > c + w / 2``,
   else ``(x - c) / w * (y_max - y_min) + (y_min + y_max) / 2``;
 * SIGMOID (``w > 0``): ``(y_max - y_min) / (1 + exp(-4 (x - c) / w)) + y_min``.
@@ -80,10 +81,6 @@ class Window:
       raise ValueError(f"{self.function} window width must be {'>= 1' if minimum else '> 0'}, "
                        f"got {self.width:g}")
 
-  @property
-  def monotonic(self) -> bool:
-    return True
-
   def __call__(self, x) -> np.ndarray:
     return _IMPLEMENTATIONS[self.function](x, self.center, self.width, 0.0, float(MAX_INTENSITY))
 
@@ -109,11 +106,6 @@ class Lut:
   @property
   def array(self) -> np.ndarray:
     return np.asarray(self.data, np.int64)
-
-  @property
-  def monotonic(self) -> bool:
-    """True when the table never decreases (then a maximum commutes with it)."""
-    return bool((np.diff(self.array) >= 0).all())
 
   @property
   def output_range(self) -> tuple[float, float]:

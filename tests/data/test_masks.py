@@ -71,7 +71,7 @@ def test_fill_holes_equals_scipy_and_cell_grid_mask():
 
 
 # --------------------------------------------------------------------------------------------------
-# Real artefacts, on DICOM files read by mammo_tf.io (intensity rule auto), against the drawn breast.
+# Real artefacts on DICOM files read by mammo_tf.io (intensity auto), against the drawn breast.
 # --------------------------------------------------------------------------------------------------
 def _drawn_breast(shape=(240, 200), seed=0, centre=0.5, radius=0.42):
   """(density in [0, 1] with a skin-line fall-off, the drawn breast: a half-ellipse on the left;

@@ -65,7 +65,7 @@ def test_centre_choice_and_clamping_match_numpy():
 
 
 def _coordinate_image(h, w):
-  """Each pixel holds 1 + its own (row, column) code, so a patch says where every pixel came from."""
+  """Each pixel holds 1 + its (row, column) code, so a patch tells where each pixel came from."""
   return (1 + np.arange(h * w, dtype=np.int64).reshape(h, w)).astype(np.uint16)
 
 

@@ -285,8 +285,9 @@ def test_rsna_like_file_keeps_its_contrast(tmp_path):
   stored = np.round(3204 - (3204 - 1466) * density).astype(np.uint16)  # dense = low (MONO1)
   stored[~inside] = 3204                                               # air: bright -> black
   stored[:, -12:] = 0                                                  # padding strip
-  path = factory.write_ffdm(tmp_path / "rsna.dcm", stored, bits_stored=16, photometric="MONOCHROME1",
-                            padding_value=0, window_center=[2335, 2200, 2450, 2335],
+  path = factory.write_ffdm(tmp_path / "rsna.dcm", stored, bits_stored=16,
+                            photometric="MONOCHROME1", padding_value=0,
+                            window_center=[2335, 2200, 2450, 2335],
                             window_width=[1738, 1300, 1500, 2400], voi_lut_function="SIGMOID",
                             transfer_syntax=JPEG2000Lossless)
   image, _ = dicom.read_ffdm(path)
