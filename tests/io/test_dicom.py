@@ -389,8 +389,12 @@ def test_slice_directory_ignores_non_dicom_files(tmp_path):
   assert meta.frames == 3
 
 
-def test_dbt_mip_memory_is_one_frame_not_the_volume(tmp_path):
-  """~100 MB multi-frame file: the MIP's peak RSS increase stays far below the volume size."""
+@pytest.mark.parametrize("intensity", ["bits", "auto"])
+def test_dbt_mip_memory_is_one_frame_not_the_volume(tmp_path, intensity):
+  """~100 MB multi-frame file: the MIP's peak RSS increase stays far below the volume size.
+
+  "auto" on a file without a VOI is the range rule: the volume's used range is only known after
+  the last frame, so this also checks that it needs no second pass and no float volume."""
   frames, h, w = 50, 1024, 1024  # 104.9 MB of pixel data
 
   def frame(k):
@@ -403,6 +407,11 @@ def test_dbt_mip_memory_is_one_frame_not_the_volume(tmp_path):
   expected = frame(0)
   for k in range(1, frames):
     np.maximum(expected, frame(k), out=expected)
+  if intensity == "auto":  # range rule, by hand: percentiles of every value of the volume
+    lo, hi = np.percentile(np.stack([frame(k) for k in range(frames)]),
+                           dicom.RANGE_PERCENTILES, method="inverted_cdf")
+    y = np.floor((expected - lo) * 4095.0 / (hi - lo) + 0.5)
+    expected = np.clip(y, 0, 4095).astype(np.uint16)
   np.save(tmp_path / "expected.npy", expected)
   del expected
   script = textwrap.dedent(f"""
@@ -413,7 +422,7 @@ def test_dbt_mip_memory_is_one_frame_not_the_volume(tmp_path):
       return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.zeros(1)
     before = peak_mb()
-    mip, meta = dicom.read_dbt_mip({str(path)!r}, intensity="bits")
+    mip, meta = dicom.read_dbt_mip({str(path)!r}, intensity={intensity!r})
     increase = peak_mb() - before
     ok = np.array_equal(mip, np.load({str(tmp_path / "expected.npy")!r}))
     print(f"{{increase:.1f}} {{int(ok)}} {{meta.frames}}")
