@@ -66,6 +66,16 @@ def cbis(tmp_path_factory):
         ("1.1", "1.2"))
   _case(root, m3, "R", [([(30, 20, 8, 8)], "two_series")], ("3.1", "3.2"))
   _case(root, c2, "R", [([(28, 30, 5, 7)], "two_series")], ("2.1", "2.2"))
+  # A case folder with two series and no "full mammogram" name: told apart by the table's UIDs.
+  m4 = "Mass-Test_P_00004_LEFT_MLO"
+  _case(root, m4, "L", [([(10, 20, 6, 6)], "mask_first")], ("1.3.6.1.4.1.9590.100.1.2.111",
+                                                           "1.3.6.1.4.1.9590.100.1.2.222"))
+  os.rename(os.path.join(root, "CBIS-DDSM", m4, "07-20-2016-DDSM-NA-74994",
+                         "1.000000-full mammogram images-24515"),
+            os.path.join(root, "CBIS-DDSM", m4, "07-20-2016-DDSM-NA-74994", "2.000000-NA-2"))
+  _dcm(os.path.join(root, "CBIS-DDSM", m4, "07-20-2016-DDSM-NA-74994", "1.000000-NA-1",
+                    "1-1.dcm"), helpers.breast("R"), StudyInstanceUID="9.9",
+       SeriesInstanceUID="9.8")
 
   def mass(pid, side, view, abn, path, case):
     return [pid, 2, side, view, abn, "MASS", "OVAL", "CIRCUMSCRIBED", 4, path, 3,
@@ -75,7 +85,8 @@ def cbis(tmp_path_factory):
       mass("P_00001", "LEFT", "CC", 1, "MALIGNANT", m1),
       mass("P_00001", "LEFT", "CC", 2, "BENIGN", m1),
       mass("P_00003", "RIGHT", "MLO", 1, "BENIGN", m3),
-      mass("P_00009", "LEFT", "MLO", 1, "BENIGN", "Mass-Training_P_00009_LEFT_MLO")])
+      mass("P_00009", "LEFT", "MLO", 1, "BENIGN", "Mass-Training_P_00009_LEFT_MLO"),
+      mass("P_00004", "LEFT", "MLO", 1, "MALIGNANT", m4)])
   helpers.write_csv(os.path.join(root, "calc_case_description_test_set.csv"), CALC, [
       ["P_00002", 3, "RIGHT", "CC", 1, "calcification", "PLEOMORPHIC", "CLUSTERED", 3,
        "BENIGN_WITHOUT_CALLBACK", 2, _table_path(c2), _table_path(f"{c2}_1"),
@@ -89,8 +100,10 @@ def cbis(tmp_path_factory):
 def test_rows_labels_and_mask_boxes(cbis):
   assert cbis["status"] == 1, cbis["log"]
   rows = cbis["rows"]
-  assert sorted(rows) == ["Calc-Test_P_00002_RIGHT_CC", "Mass-Training_P_00001_LEFT_CC",
-                          "Mass-Training_P_00003_RIGHT_MLO"]
+  assert sorted(rows) == ["Calc-Test_P_00002_RIGHT_CC", "Mass-Test_P_00004_LEFT_MLO",
+                          "Mass-Training_P_00001_LEFT_CC", "Mass-Training_P_00003_RIGHT_MLO"]
+  m4 = rows["Mass-Test_P_00004_LEFT_MLO"]
+  assert m4["path"].endswith("2.000000-NA-2/1-1.dcm") and helpers.box(m4) == (10, 20, 6, 6)
   m1 = rows["Mass-Training_P_00001_LEFT_CC"]
   assert (m1["label"], m1["laterality"], m1["view"], m1["domain"]) == ("malignant", "L", "CC",
                                                                         "ffdm")
@@ -114,9 +127,9 @@ def test_rows_labels_and_mask_boxes(cbis):
 def test_converts(cbis, tmp_path):
   status, log, summary = helpers.convert(cbis["out"], str(tmp_path / "tfr"))
   assert status == 0, log
-  assert summary["domains"]["ffdm"]["images"] == 3
-  assert summary["total"]["positive"] == 1
-  assert summary["splits"]["test"]["images"] == 1
+  assert summary["domains"]["ffdm"]["images"] == 4
+  assert summary["total"]["positive"] == 2
+  assert summary["splits"]["test"]["images"] == 2
 
 
 def test_same_seed_same_bytes(cbis, tmp_path):

@@ -74,7 +74,8 @@ def rsna(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("rsna"))
   table = [  # patient, image, side, view, cancer, biopsy, on disk
       ("10", "100", "L", "CC", 1, 1, True), ("10", "101", "L", "MLO", 0, 1, True),
-      ("11", "110", "R", "CC", 0, 0, True), ("11", "111", "R", "MLO", 0, 0, False)]
+      ("11", "110", "R", "CC", 0, 0, True), ("11", "111", "R", "MLO", 0, 0, False),
+      ("11", "110", "R", "CC", 0, 0, True)]   # listed twice by the dataset
   rows = []
   for pid, iid, side, view, cancer, biopsy, on_disk in table:
     if on_disk:
@@ -94,6 +95,7 @@ def test_rsna_labels_and_unboxed_positives(rsna, tmp_path):
       ("train.csv:5", "image listed but not found on disk"),
       ("train.csv:2", "malignant image without a finding box")]
   assert "positive images without a finding box: 1" in log
+  assert "extra findings set aside (one row per image, most severe kept): 1" in log
 
 
 def test_rsna_kept_unboxed_positive_converts_with_a_warning(rsna, tmp_path):
