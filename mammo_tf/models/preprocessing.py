@@ -4,9 +4,9 @@
 runs on (TensorFlow, or JAX with ``KERAS_BACKEND=jax``), inside `tf.data.Dataset.map` (TF backend),
 and serialise inside `.keras` files and exported SavedModels.
 
-Intensity pipeline (DESIGN §4.2, §5): stored patches are in 12-bit units 0..4095 with background 0
--> `HistogramMatching` (MIP -> FFDM, Algorithm 1; still 12-bit units) -> `Normalize`
-(``x * scale + offset``; default ``1 / 4095`` and 0, i.e. [0, 1]) -> the network.
+Intensity pipeline (docs/DESIGN.md, "Intensities"): stored patches are in 12-bit units 0..4095
+with background 0 -> `HistogramMatching` (MIP -> FFDM, Algorithm 1; still 12-bit units) ->
+`Normalize` (``x * scale + offset``; default ``1 / 4095`` and 0, i.e. [0, 1]) -> the network.
 """
 
 from __future__ import annotations

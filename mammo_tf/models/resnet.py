@@ -1,18 +1,19 @@
-"""The patch classifier: a SpotTune-style ResNet-26 with 1x1 projection shortcuts (DESIGN §6).
+"""The patch classifier: a SpotTune-style ResNet-26 with 1x1 projection shortcuts.
 
-Architecture ("Option C" of ``reference/anchors-method.md`` §3.3), for a single-channel patch
+Architecture (docs/DESIGN.md, "Models"), for a single-channel patch
 ``[B, S, S, 1]`` in 12-bit units:
 
 * ``normalize``: `Normalize` (12-bit -> network scale; no trainable weights).
 * stem: ``stem_conv`` 3x3 conv, ``model.stem_filters`` filters (32 at paper width), stride
   ``model.stem_stride`` (2) -> ``stem_bn`` -> ``stem_relu`` -> ``stem_pool`` 3x3/2 max-pool (when
   ``model.stem_pool``).
-* ``len(model.stage_filters)`` stages (64/128/256) of ``model.blocks_per_stage`` (4) basic residual
-  units each. A unit is ONE `ResidualUnit` layer named ``stage{i}_unit{j}`` (1-based): conv3x3 -> BN ->
-  ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU (post-activation, ResNet v1). The first unit of
-  every stage has stride 2 and a 1x1 conv + BN projection shortcut; the others use the identity.
-* ``final_bn`` -> ``final_relu`` -> ``pool`` (global average) -> ``head`` Dense(1) -> ``prob`` sigmoid
-  (float32): the malignancy probability ``[B, 1]``. A 1-logit sigmoid is the 2-class softmax
+* ``len(model.stage_filters)`` stages (64/128/256) of ``model.blocks_per_stage`` (4) basic
+  residual units each. A unit is ONE `ResidualUnit` layer named ``stage{i}_unit{j}`` (1-based):
+  conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU (post-activation, ResNet
+  v1). The first unit of every stage has stride 2 and a 1x1 conv + BN projection shortcut; the
+  others use the identity.
+* ``final_bn`` -> ``final_relu`` -> ``pool`` (global average) -> ``head`` Dense(1) -> ``prob``
+  sigmoid (float32): the malignancy probability ``[B, 1]``. A 1-logit sigmoid is the 2-class softmax
   cross-entropy of the paper with one redundant logit removed.
 
 Counting convention: weight layers are convolutions and dense layers, projections included:
@@ -38,7 +39,7 @@ from mammo_tf.models.preprocessing import Normalize
 _PACKAGE = "mammo_tf"
 
 
-def _model_cfg(model_cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+def as_model_config(model_cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
   """Accepts a `ModelConfig` or its dict form (as stored in a saved model's config)."""
   if isinstance(model_cfg, ModelConfig):
     return model_cfg
@@ -48,14 +49,16 @@ def _model_cfg(model_cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
   return ModelConfig(**kwargs)
 
 
-def _conv(filters: int, kernel_size: int, strides: int, name: str, dtype: Any = None
-          ) -> layers.Conv2D:
+def conv2d(filters: int, kernel_size: int, strides: int, name: str, dtype: Any = None
+           ) -> layers.Conv2D:
+  """The network's convolution: "same" padding, no bias (BatchNorm follows), He-normal init."""
   return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                        kernel_initializer="he_normal", name=name, dtype=dtype)
 
 
-def _bn(momentum: float, epsilon: float, name: str, dtype: Any = None
-        ) -> layers.BatchNormalization:
+def batch_norm(momentum: float, epsilon: float, name: str, dtype: Any = None
+               ) -> layers.BatchNormalization:
+  """BatchNorm with the config's momentum (Keras convention: weight of the old statistic)."""
   return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name, dtype=dtype)
 
 
@@ -64,9 +67,9 @@ class ResidualUnit(layers.Layer):
   """A basic post-activation residual unit: ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)).
 
   Sublayers (named, so weight paths read ``stage1_unit1/conv1/kernel``): ``conv1`` (3x3, stride
-  `strides`), ``bn1``, ``relu1``, ``conv2`` (3x3), ``bn2``, ``add``, ``relu_out`` and, when `project`,
-  the shortcut ``proj_conv`` (1x1, stride `strides`) + ``proj_bn``. Without projection the shortcut is
-  the identity, which needs ``strides == 1`` and as many input as output channels.
+  `strides`), ``bn1``, ``relu1``, ``conv2`` (3x3), ``bn2``, ``add``, ``relu_out`` and, when
+  `project`, the shortcut ``proj_conv`` (1x1, stride `strides`) + ``proj_bn``. Without projection
+  the shortcut is the identity, which needs ``strides == 1`` and as many input as output channels.
 
   The unit is rebuilt from ``get_config()`` alone, which is how SpotTune clones it (then copies
   the weights with ``set_weights``).
@@ -83,14 +86,14 @@ class ResidualUnit(layers.Layer):
     self.bn_momentum = float(bn_momentum)
     self.bn_epsilon = float(bn_epsilon)
     dt = self.dtype_policy
-    self.conv1 = _conv(self.filters, 3, self.strides, "conv1", dt)
-    self.bn1 = _bn(self.bn_momentum, self.bn_epsilon, "bn1", dt)
+    self.conv1 = conv2d(self.filters, 3, self.strides, "conv1", dt)
+    self.bn1 = batch_norm(self.bn_momentum, self.bn_epsilon, "bn1", dt)
     self.relu1 = layers.ReLU(name="relu1", dtype=dt)
-    self.conv2 = _conv(self.filters, 3, 1, "conv2", dt)
-    self.bn2 = _bn(self.bn_momentum, self.bn_epsilon, "bn2", dt)
+    self.conv2 = conv2d(self.filters, 3, 1, "conv2", dt)
+    self.bn2 = batch_norm(self.bn_momentum, self.bn_epsilon, "bn2", dt)
     if self.project:
-      self.proj_conv = _conv(self.filters, 1, self.strides, "proj_conv", dt)
-      self.proj_bn = _bn(self.bn_momentum, self.bn_epsilon, "proj_bn", dt)
+      self.proj_conv = conv2d(self.filters, 1, self.strides, "proj_conv", dt)
+      self.proj_bn = batch_norm(self.bn_momentum, self.bn_epsilon, "proj_bn", dt)
     else:
       self.proj_conv = None
       self.proj_bn = None
@@ -145,14 +148,14 @@ class ResidualUnit(layers.Layer):
 
 def unit_names(model_cfg: ModelConfig | Mapping[str, Any]) -> list[str]:
   """``["stage1_unit1", ..., "stage{S}_unit{N}"]`` in forward order (the SpotTune gate order)."""
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   return [f"stage{i + 1}_unit{j + 1}" for i in range(len(cfg.stage_filters))
           for j in range(cfg.blocks_per_stage)]
 
 
 def unit_kwargs(model_cfg: ModelConfig | Mapping[str, Any]) -> list[dict[str, Any]]:
   """Constructor arguments of every residual unit, in forward order (name included)."""
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   out = []
   for i, filters in enumerate(cfg.stage_filters):
     for j in range(cfg.blocks_per_stage):
@@ -171,9 +174,9 @@ def stem_layers(model_cfg: ModelConfig | Mapping[str, Any], prefix: str = "stem"
   its sigma-1 noise) reaches the first convolution at full precision; the layers after it follow
   the global policy (bfloat16 compute under ``mixed_bfloat16``).
   """
-  cfg = _model_cfg(model_cfg)
-  out = [_conv(cfg.stem_filters, 3, cfg.stem_stride, f"{prefix}_conv", dtype="float32"),
-         _bn(cfg.bn_momentum, cfg.bn_epsilon, f"{prefix}_bn"),
+  cfg = as_model_config(model_cfg)
+  out = [conv2d(cfg.stem_filters, 3, cfg.stem_stride, f"{prefix}_conv", dtype="float32"),
+         batch_norm(cfg.bn_momentum, cfg.bn_epsilon, f"{prefix}_bn"),
          layers.ReLU(name=f"{prefix}_relu")]
   if cfg.stem_pool:
     out.append(layers.MaxPooling2D(3, strides=2, padding="same", name=f"{prefix}_pool"))
@@ -181,9 +184,10 @@ def stem_layers(model_cfg: ModelConfig | Mapping[str, Any], prefix: str = "stem"
 
 
 def head_layers(model_cfg: ModelConfig | Mapping[str, Any]) -> list[layers.Layer]:
-  """Final BN + ReLU, global average pool (features), Dense(1) ``head``, float32 sigmoid ``prob``."""
-  cfg = _model_cfg(model_cfg)
-  return [_bn(cfg.bn_momentum, cfg.bn_epsilon, "final_bn"),
+  """Final BN + ReLU, global average pool (features), Dense(1) ``head``, float32 sigmoid
+  ``prob``."""
+  cfg = as_model_config(model_cfg)
+  return [batch_norm(cfg.bn_momentum, cfg.bn_epsilon, "final_bn"),
           layers.ReLU(name="final_relu"),
           layers.GlobalAveragePooling2D(name="pool"),
           layers.Dense(1, name="head"),
@@ -216,7 +220,7 @@ def build_backbone(model_cfg: ModelConfig | Mapping[str, Any], input_size: int |
   the total stride (``stem_stride * (2 if stem_pool) * 2**len(stage_filters)``, 32 at paper
   settings) keeps every feature map exactly aligned.
   """
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   inputs = _input(input_size)
   return keras.Model(inputs, _features(inputs, cfg), name=name)
 
@@ -228,7 +232,7 @@ def build_classifier(model_cfg: ModelConfig | Mapping[str, Any], input_size: int
   One flat functional model (no nested sub-model), so ``model.get_layer("stage2_unit1")``,
   ``"stem_conv"``, ``"head"`` etc. work. Train it with binary cross-entropy on the probability.
   """
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   inputs = _input(input_size)
   x = _features(inputs, cfg)
   head, prob = head_layers(cfg)[3:]
@@ -254,11 +258,11 @@ def flops_breakdown(model_cfg: ModelConfig | Mapping[str, Any], input_size: int
   (Dense(1)). BatchNorm, ReLU, pooling and additions are not counted (under 1% here). A training
   step costs about 3x the forward pass.
   """
-  cfg = _model_cfg(model_cfg)
-  side = _ceil_div(input_size, cfg.stem_stride)
+  cfg = as_model_config(model_cfg)
+  side = ceil_div(input_size, cfg.stem_stride)
   stem = side * side * 9 * 1 * cfg.stem_filters
   if cfg.stem_pool:
-    side = _ceil_div(side, 2)
+    side = ceil_div(side, 2)
   units = _units_macs(side, cfg.stem_filters, unit_kwargs(cfg))
   return {"stem": 2 * stem, "units": 2 * units, "head": 2 * cfg.stage_filters[-1]}
 
@@ -267,7 +271,7 @@ def _units_macs(side: int, channels: int, kwargs_list: list[dict[str, Any]]) -> 
   macs = 0
   for kwargs in kwargs_list:
     filters, strides = kwargs["filters"], kwargs["strides"]
-    side = _ceil_div(side, strides)
+    side = ceil_div(side, strides)
     macs += side * side * 9 * channels * filters    # conv1
     macs += side * side * 9 * filters * filters     # conv2
     if kwargs["project"]:
@@ -281,5 +285,6 @@ def classifier_flops(model_cfg: ModelConfig | Mapping[str, Any], input_size: int
   return sum(flops_breakdown(model_cfg, input_size).values())
 
 
-def _ceil_div(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
+  """``ceil(a / b)`` for integers (the output side of a "same"-padded strided layer)."""
   return -(-int(a) // int(b))

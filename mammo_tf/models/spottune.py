@@ -2,25 +2,25 @@
 
 Every residual unit ``stage{i}_unit{j}`` of the trained FFDM classifier becomes a
 `GatedResidualUnit` holding a **frozen** copy and a **tuned** (trainable) copy, both clones of the
-base unit (rebuilt from its ``get_config`` and loaded with its weights). A small policy ResNet sees the
-normalised patch, average-pooled by ``model.policy_downsample``, and emits 2 logits per unit
+base unit (rebuilt from its ``get_config`` and loaded with its weights). A small policy ResNet sees
+the normalised patch, average-pooled by ``model.policy_downsample``, and emits 2 logits per unit
 (``[B, T, 2]``); a `GumbelSoftmax` gate turns them into a hard per-sample, per-unit decision
 ``a[:, t]`` (index 1 = the tuned copy). Both copies are computed for every sample and mixed after
-their ReLU: ``(1 - a) * frozen + a * tuned`` (``reference/anchors-method.md`` §1.3). Frozen and tuned
-copies gate the whole unit, 1x1 projection shortcut included.
+their ReLU: ``(1 - a) * frozen + a * tuned`` (docs/DESIGN.md, "Models"). Frozen and tuned copies
+gate the whole unit, 1x1 projection shortcut included.
 
-What trains (``TrainConfig`` flags; ``reference/anchors-method.md`` §1.10):
+What trains (``TrainConfig`` flags; the defaults are discussed in docs/DESIGN.md):
 
 * tuned copies: everything (convs, BN gamma/beta, BN statistics in training mode);
 * frozen copies: conv kernels never. ``frozen_bn="frozen"`` (default) makes the whole frozen unit
   ``trainable=False``, so its BN runs in inference mode with fixed gamma/beta/statistics;
-  ``frozen_bn="live"`` freezes only its convolutions, as SpotTune's released code does (BN gamma/beta
-  trained, batch statistics used and moving statistics updated in training);
+  ``frozen_bn="live"`` freezes only its convolutions, as SpotTune's released code does (BN
+  gamma/beta trained, batch statistics used and moving statistics updated in training);
 * stem (``stem_conv`` + ``stem_bn``, shared by both paths): trainable iff ``train_stem``; with
   ``train_stem=False`` the stem conv is frozen and ``stem_bn`` follows ``frozen_bn``;
 * ``final_bn`` (shared): follows ``frozen_bn`` (frozen: inference mode; live: trainable);
-* ``head``: initialised from the base model's head (same binary task) and **trainable**; the released
-  code instead starts a new head;
+* ``head``: initialised from the base model's head (same binary task) and **trainable**; the
+  released code instead starts a new head;
 * policy network: random initialisation, trainable.
 
 Freezing is re-applied by the model's constructor, so it survives ``.keras`` save/load; setting
@@ -45,15 +45,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import numpy as np
 import keras
-from keras import layers, ops
+import numpy as np
+from keras import layers
+from keras import ops
 
-from mammo_tf.config import ModelConfig, TrainConfig
+from mammo_tf.config import ModelConfig
+from mammo_tf.config import TrainConfig
 from mammo_tf.models.preprocessing import Normalize
-from mammo_tf.models.resnet import (ResidualUnit, _bn, _ceil_div, _conv, _model_cfg,
-                                    flops_breakdown, head_layers, stem_layers, unit_kwargs,
-                                    unit_names)
+from mammo_tf.models.resnet import ResidualUnit
+from mammo_tf.models.resnet import as_model_config
+from mammo_tf.models.resnet import batch_norm
+from mammo_tf.models.resnet import ceil_div
+from mammo_tf.models.resnet import conv2d
+from mammo_tf.models.resnet import flops_breakdown
+from mammo_tf.models.resnet import head_layers
+from mammo_tf.models.resnet import stem_layers
+from mammo_tf.models.resnet import unit_kwargs
+from mammo_tf.models.resnet import unit_names
 
 _PACKAGE = "mammo_tf"
 _TINY = float(np.finfo(np.float32).tiny)
@@ -69,9 +78,10 @@ class GumbelSoftmax(layers.Layer):
   Input logits ``[..., K]`` (K = 2 for SpotTune), output ``[..., K]``:
 
   * training: ``u ~ U[0, 1)`` from a seeded ``keras.random.SeedGenerator``, clipped to
-    ``[float32 tiny, 1 - 2**-24]``; ``g = -log(-log u)``; ``y = softmax((logits + g) / tau)``. With
-    ``hard`` the output is ``one_hot(argmax(logits + g)) + (y - stop_gradient(y))``: exactly 0/1 in the
-    forward pass, the gradient of the soft ``y`` in the backward pass. Without ``hard`` it is ``y``.
+    ``[float32 tiny, 1 - 2**-24]``; ``g = -log(-log u)``; ``y = softmax((logits + g) / tau)``.
+    With ``hard`` the output is ``one_hot(argmax(logits + g)) + (y - stop_gradient(y))``: exactly
+    0/1 in the forward pass, the gradient of the soft ``y`` in the backward pass. Without
+    ``hard`` it is ``y``.
   * inference (``training`` false): ``policy_eval="argmax"`` returns ``one_hot(argmax(logits))``
     (deterministic, no noise); ``"sample"`` samples as in training.
 
@@ -111,7 +121,8 @@ class GumbelSoftmax(layers.Layer):
     if not self.hard:
       return y
     hard = ops.one_hot(ops.argmax(perturbed, axis=-1), ops.shape(logits)[-1], dtype="float32")
-    # This operand order keeps the forward value exactly 0/1 (anchors-method §2.2).
+    # This operand order keeps the forward value exactly 0/1: hard + (y - y) is hard exactly,
+    # whereas (hard - stop_gradient(y)) + y can round away from 0/1 in float32.
     return hard + (y - ops.stop_gradient(y))
 
   def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -174,7 +185,7 @@ def build_policy_network(model_cfg: ModelConfig | Mapping[str, Any], input_size:
   ``policy_stage_filters``, BN + ReLU, global average pool and ``policy_logits`` Dense(2 *
   num_units) reshaped to ``[B, T, 2]`` (float32). Random (He-normal / Glorot) initialisation.
   """
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   if num_units <= 0:
     raise ValueError(f"num_units must be positive, got {num_units}")
   side = None if input_size is None else int(input_size)
@@ -182,13 +193,13 @@ def build_policy_network(model_cfg: ModelConfig | Mapping[str, Any], input_size:
   x = inputs
   if cfg.policy_downsample > 1:
     x = layers.AveragePooling2D(cfg.policy_downsample, name="policy_avgpool")(x)
-  x = _conv(cfg.policy_stem_filters, 3, 1, "policy_stem_conv")(x)
-  x = _bn(cfg.bn_momentum, cfg.bn_epsilon, "policy_stem_bn")(x)
+  x = conv2d(cfg.policy_stem_filters, 3, 1, "policy_stem_conv")(x)
+  x = batch_norm(cfg.bn_momentum, cfg.bn_epsilon, "policy_stem_bn")(x)
   x = layers.ReLU(name="policy_stem_relu")(x)
   for i, filters in enumerate(cfg.policy_stage_filters):
     x = ResidualUnit(filters, strides=2, project=True, bn_momentum=cfg.bn_momentum,
                      bn_epsilon=cfg.bn_epsilon, name=f"policy_stage{i + 1}_unit1")(x)
-  x = _bn(cfg.bn_momentum, cfg.bn_epsilon, "policy_final_bn")(x)
+  x = batch_norm(cfg.bn_momentum, cfg.bn_epsilon, "policy_final_bn")(x)
   x = layers.ReLU(name="policy_final_relu")(x)
   x = layers.GlobalAveragePooling2D(name="policy_pool")(x)
   x = layers.Dense(2 * num_units, dtype="float32", name="policy_logits")(x)
@@ -199,12 +210,12 @@ def build_policy_network(model_cfg: ModelConfig | Mapping[str, Any], input_size:
 def policy_flops(model_cfg: ModelConfig | Mapping[str, Any], input_size: int,
                  num_units: int) -> int:
   """Analytic forward FLOPs per sample of `build_policy_network` (2 x multiply-adds)."""
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   side = int(input_size) // max(1, cfg.policy_downsample)
   macs = side * side * 9 * cfg.policy_stem_filters
   channels = cfg.policy_stem_filters
   for filters in cfg.policy_stage_filters:
-    side = _ceil_div(side, 2)
+    side = ceil_div(side, 2)
     macs += side * side * (9 * channels * filters + 9 * filters * filters + channels * filters)
     channels = filters
   macs += channels * 2 * num_units
@@ -237,7 +248,7 @@ class SpotTuneModel(keras.Model):
                policy_eval: str = "argmax", seed: int | None = 0,
                normalize_config: Mapping[str, Any] | None = None, **kwargs: Any):
     super().__init__(**kwargs)
-    cfg = _model_cfg(model_cfg)
+    cfg = as_model_config(model_cfg)
     if frozen_bn not in FROZEN_BN_MODES:
       raise ValueError(f"frozen_bn must be one of {FROZEN_BN_MODES}, got {frozen_bn!r}")
     if policy_eval not in POLICY_EVAL_MODES:
@@ -376,13 +387,14 @@ def build_spottune(base_classifier: keras.Model, model_cfg: ModelConfig | Mappin
 
   Clones ``normalize`` (by config, and weights if any); copies ``stem_conv``, ``stem_bn``, every
   ``stage{i}_unit{j}`` into both its frozen and its tuned copy, ``final_bn`` and ``head``; the
-  policy network stays randomly initialised. Uses ``train_cfg.frozen_bn``, ``train_cfg.train_stem`` and
-  ``train_cfg.policy_eval``; ``seed`` seeds the Gumbel noise (and nothing else: Keras initialisers
-  follow ``keras.utils.set_random_seed``). The input size is the base model's.
+  policy network stays randomly initialised. Uses ``train_cfg.frozen_bn``,
+  ``train_cfg.train_stem`` and ``train_cfg.policy_eval``; ``seed`` seeds the Gumbel noise (and
+  nothing else: Keras initialisers follow ``keras.utils.set_random_seed``). The input size is the
+  base model's.
 
   Raises ValueError naming the layer when the base model does not match `model_cfg`.
   """
-  cfg = _model_cfg(model_cfg)
+  cfg = as_model_config(model_cfg)
   input_size = base_classifier.input_shape[1]
 
   def base_layer(name: str) -> layers.Layer:
