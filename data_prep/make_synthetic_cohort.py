@@ -13,7 +13,7 @@ from mammo_tf.synthetic.cohort import generate_cohort
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output folder (manifest.csv, dicom/).", required=True)
-flags.DEFINE_enum("preset", "demo", sorted(config.PRESETS), "Config preset (cohort geometry).")
+flags.DEFINE_enum("preset", "paper", sorted(config.PRESETS), "Config preset (cohort geometry).")
 flags.DEFINE_integer("seed", 0, "Seed: the same seed gives byte-identical files.")
 flags.DEFINE_integer("patients", None, "Number of patients (default: the preset's).")
 flags.DEFINE_bool("paper_proportions", False, "Use the class proportions of the paper's Table 1.")

@@ -20,7 +20,7 @@ flags.DEFINE_string("data", None, "Converter output folder (TFRecords + cdf_*.np
 flags.DEFINE_enum("domain", "dbt", list(config.DOMAINS), "Domain of the patches.")
 flags.DEFINE_string("out", None, "Patch grid PNG.")
 flags.DEFINE_string("cdf_out", None, "c.d.f. figure PNG (default: <out stem>_cdf.png).")
-flags.DEFINE_string("preset", "demo", "Config preset (geometry, augmentation).")
+flags.DEFINE_string("preset", "paper", "Config preset (geometry, augmentation).")
 flags.DEFINE_multi_string("override", [], "Config overrides, section.field=value.")
 flags.DEFINE_enum("split", "train", list(config.SPLITS), "Split to sample from.")
 flags.DEFINE_integer("num", 6, "Images (columns) in the grid.")

@@ -21,7 +21,7 @@ from mammo_tf.evaluation import study
 
 _DATA = flags.DEFINE_string("data", None, "Converter output folder.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study work directory.", required=True)
-_PRESET = flags.DEFINE_string("preset", "demo", "Config preset: tiny, demo or paper.")
+_PRESET = flags.DEFINE_string("preset", "paper", "Config preset: tiny, demo or paper.")
 _SEED = flags.DEFINE_integer("seed", None, "Experiment seed (default: the preset's).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Config overrides, section.field=value.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (patients).")
