@@ -14,7 +14,7 @@ TensorFlow and the converter:
 
 "ours" = `convert_image` (read + MIP, flip, 2x2 mean, breast mask, box) and, separately, with
 `schema.encode_example` (PNG-16), i.e. the whole per-image work of a conversion worker.
-Goals (issue 2): DBT peak RSS increase < 400 MB; FFDM conversion within 2x of bare decoding.
+Goals: DBT peak RSS increase < 400 MB; FFDM conversion within 2x of bare decoding.
 Nothing is asserted.
 """
 

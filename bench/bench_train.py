@@ -100,7 +100,7 @@ def main() -> None:
           f"{step_flops / 1e9:.2f} GFLOP = {rate:,.0f} patches/s "
           f"(one 40000-sample epoch in {epoch_s:.1f} s; 100 epochs in {100 * epoch_s / 60:.1f} min)")
     print(f"      input pipeline must deliver {rate:,.0f} augmented 512x512 patches/s = "
-          f"{rate * 512 * 512 * 4 / 1e9:.2f} GB/s of float32 patches; at DESIGN §9's ~19 "
+          f"{rate * 512 * 512 * 4 / 1e9:.2f} GB/s of float32 patches; at the ~19 "
           f"patches/s per core (NumPy loop) that is {rate / 19:,.0f} cores")
   if paper_rate:
     best = max(paper_rate.values())

@@ -33,7 +33,7 @@ from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
 from mammo_tf.data import privacy  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("manifest", None, "Manifest CSV (DESIGN §4.1).")
+flags.DEFINE_string("manifest", None, "Manifest CSV (docs/DESIGN.md, Manifest).")
 flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_integer("workers", 1, "Conversion processes (1 = in-process).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the split and of the c.d.f. sample.")

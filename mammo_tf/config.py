@@ -101,7 +101,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """SpotTune-style ResNet-26 with 1x1 projections: 29 weight layers (DESIGN §6)."""
+  """SpotTune-style ResNet-26 with 1x1 projections: 29 weight layers (docs/DESIGN.md)."""
   stem_filters: int = 32
   stage_filters: tuple[int, ...] = (64, 128, 256)
   blocks_per_stage: int = 4

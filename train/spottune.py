@@ -5,7 +5,7 @@
       [--policy_learning_rate LR] [--preset P] [--override section.field=value ...]
 
 Defaults: argmax decisions at evaluation, frozen copies entirely frozen (BN in inference mode),
-stem frozen, one optimiser for network and policy (reference/anchors-method.md §1.10).
+stem frozen, one optimiser for network and policy (docs/DESIGN.md, Models).
 """
 
 from absl import app

@@ -1,4 +1,4 @@
-"""The conversion as an Apache Beam pipeline (DESIGN §2 "scale-out data prep", issue 8).
+"""The conversion as an Apache Beam pipeline (docs/scale_out.md).
 
 The same per-image function as the local batch job (`convert.convert_image`), the same shard
 layout and shard writer (`writer.write_shard`: one class per shard, examples sorted by hashed

@@ -1,4 +1,4 @@
-"""DICOM/DBT manifest -> TFRecords, c.d.f.s, summary and errors (DESIGN §4, issue 2).
+"""DICOM/DBT manifest -> TFRecords, c.d.f.s, summary and errors (docs/DESIGN.md, Data contract).
 
 Two layers:
 

@@ -1,4 +1,4 @@
-"""Manifest CSV reading and validation, and the patient-level split (DESIGN §4.1).
+"""Manifest CSV reading and validation, and the patient-level split (docs/DESIGN.md).
 
 Manifest columns (header names are matched after stripping whitespace, case-insensitively):
 

@@ -1,6 +1,6 @@
 """tf.data input pipelines: class-balanced augmented training patches and evaluation patches.
 
-Training (paper §2.2-2.3, DESIGN §5), built for one epoch of a run and continuing after it::
+Training (paper §2.2-2.3, docs/DESIGN.md), built for one epoch of a run and continuing after it::
 
   per class: an endless stream of passes; pass p reads every shard of the class once, front to
              back, in a stateless seeded order of (seed, p); epoch e is the run of that stream

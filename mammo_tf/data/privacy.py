@@ -1,4 +1,4 @@
-"""Salted hashing of patient, exam and image identifiers (issue 2, "Privacy").
+"""Salted hashing of patient, exam and image identifiers (no raw identifier leaves the converter).
 
 Raw identifiers from the manifest (patient_id, exam_id, image_id) never reach an output file or a
 log line: every record carries ``HMAC-SHA256(salt, "<kind>\\x00<value>")`` truncated to 32 hex

@@ -1,4 +1,4 @@
-"""The one definition of the TFRecord example format (DESIGN §4.3).
+"""The one definition of the TFRecord example format (docs/DESIGN.md, TFRecords).
 
 Writers call `encode_example(record)`; readers call `decode_example(serialized)` (tf, usable inside
 ``tf.data.Dataset.map``) or `decode_example_numpy` (tests, tools). Feature keys live here only.
@@ -243,7 +243,7 @@ def decode_example_numpy(serialized: bytes) -> dict[str, Any]:
 
 
 def shard_name(split: str, positive: bool, index: int, num_shards: int) -> str:
-  """`<split>-<pos|neg>-00003-of-00016.tfrecord` (DESIGN §4.3); lives under `<out>/<domain>/`."""
+  """`<split>-<pos|neg>-00003-of-00016.tfrecord` (docs/DESIGN.md); lives under `<out>/<domain>/`."""
   return f"{split}-{'pos' if positive else 'neg'}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 

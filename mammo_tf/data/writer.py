@@ -1,4 +1,4 @@
-"""Sharded, atomic, resumable TFRecord writing (DESIGN §4.3).
+"""Sharded, atomic, resumable TFRecord writing (docs/DESIGN.md, TFRecords).
 
 Layout: ``<out>/<domain>/<split>-<pos|neg>-NNNNN-of-MMMMM.tfrecord`` (`schema.shard_name`), one
 class per shard. The number of shards of a (domain, split, class) group follows its data: enough

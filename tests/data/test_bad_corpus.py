@@ -1,4 +1,4 @@
-"""The malformed / hostile input corpus (tests/data/bad/make_bad_corpus.py, issue 8).
+"""The malformed / hostile input corpus (tests/data/bad/make_bad_corpus.py).
 
 41 bad rows (truncated and zero-length files, random bytes behind a DICM preamble, wrong VR
 lengths, 60000 x 60000 and 100000-frame declarations, mismatched frame counts, RGB, signed,

@@ -1,7 +1,7 @@
 """The Beam conversion (DirectRunner) against the local runner on the same real DICOM cohort.
 
 The cohort is test_convert's (good FFDM / multi-frame and per-slice DBT in several transfer
-syntaxes, plus every bad input of issue 2): same shards (examples as sets and byte for byte, in
+syntaxes, plus every bad input kind): same shards (examples as sets and byte for byte, in
 fact the same files), same c.d.f. files, summary.json, errors.csv and config.json. The CLI is run
 once with ``--runner beam -- <pipeline options>`` to check the wiring of the pass-through.
 """

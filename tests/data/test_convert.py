@@ -1,7 +1,7 @@
 """End-to-end conversion on real DICOM files (tests/dicom_factory.py), no mocks.
 
 One module-level cohort holds good FFDM / multi-frame DBT / per-slice DBT images in several transfer
-syntaxes and every bad input of issue 2. It is converted once (the reference run); the other tests
+syntaxes and every bad input kind. It is converted once (the reference run); the other tests
 compare against it: errors.csv rows, golden summary.json, --workers 1 vs 2, resume after SIGKILL,
 compute_cdf, and the privacy grep of every output byte and of the logs.
 """

@@ -1,4 +1,4 @@
-"""Fault injection on the converter (issue 8): kill -9 at seeded points, disk full.
+"""Fault injection on the converter: kill -9 at seeded points, disk full.
 
 * ``python -m data_prep.convert`` is SIGKILLed at 5 seeded points of its progress (counted in
   cached per-image results and shard files, so kills land in the conversion phase and in the

@@ -1,4 +1,4 @@
-"""Fault injection on training (issue 8): SIGKILL mid-epoch twice, then rerun to the end.
+"""Fault injection on training: SIGKILL mid-epoch twice, then rerun to the end.
 
 ``python -m train.train_base --deterministic`` is killed a seeded fraction of a second after an
 epoch checkpoint appears (that is, while the next epoch is running), restarted with the same

@@ -1,4 +1,4 @@
-"""Two-worker `MultiWorkerMirroredStrategy` training on loopback (issue 8, docs/distributed.md).
+"""Two-worker `MultiWorkerMirroredStrategy` training on loopback (docs/distributed.md).
 
 Two processes get a ``TF_CONFIG`` naming two workers on 127.0.0.1 free ports and run the real
 epoch loop (`loop.run`) of the base job with ``train.strategy=multi_worker`` on the tiny preset

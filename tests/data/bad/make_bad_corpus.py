@@ -1,4 +1,4 @@
-r"""Generates the malformed / hostile input corpus of issue 8 into a folder (no binaries in git).
+r"""Generates the malformed / hostile input corpus into a folder (no binaries in git).
 
   python tests/data/bad/make_bad_corpus.py OUT_DIR
 
