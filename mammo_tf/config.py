@@ -1,21 +1,18 @@
 """Frozen experiment configuration and the named presets `tiny`, `demo` and `paper`.
 
 The library receives an `ExperimentConfig`; it never reads flags. Entry points build one with
-`get_config(preset, overrides)` where overrides are ``"section.field=value"`` strings (or a mapping),
-write it to the work directory with `to_json`, and pass it down.
+`get_config(preset, overrides)` where overrides are ``"section.field=value"`` strings (or a
+mapping), write it to the work directory with `to_json`, and pass it down.
 
 Geometry conventions (paper §2.2): images are stored at ``1/data.downsample`` of the original
 resolution (2x2 mean = the paper's 1024 -> 512 bilinear downsample). A patch is a
 ``data.patch_size`` window of the *stored* image, i.e. a ``patch_size * downsample`` window of the
 original image. Translations are given in original-resolution pixels as in the paper.
 
-Presets (the command, expected runtime and outcome, as big_vision configs do):
-
-* ``tiny``  – unit and end-to-end tests. 64 px patches, narrow network, a few dozen images.
-  ``python -m eval.table2 --preset tiny ...`` runs in a few minutes on 2 CPU cores.
-* ``demo``  – ``make demo``: the synthetic cohort, the whole Table 2 in under 20 minutes on 2 cores.
-* ``paper`` – the paper's settings: 512 px patches from 1024 px windows, 40000-sample epochs, 100
-  epochs, Adam lr 5e-5 with weight decay 5e-4 (FFDM) and 1e-4 (fine-tuning and SpotTune).
+Presets: ``tiny`` (the tests), ``demo`` (``make demo``) and ``paper`` (the paper's settings). As in
+big_vision's configs, each preset function's docstring gives the command that runs it, its run time
+and the result to expect. ``--preset`` defaults to ``paper`` in every entry point
+(docs/DESIGN.md, "Entry points and defaults").
 """
 
 from __future__ import annotations
@@ -155,6 +152,20 @@ class ExperimentConfig:
 
 
 def _paper() -> ExperimentConfig:
+  """The paper's settings (§2.2-2.4), meant for real data on a GPU.
+
+  512 px patches from 1024 px windows of images stored at half resolution, 40000-sample epochs,
+  100 epochs per job, Adam lr 5e-5 with weight decay 5e-4 (FFDM) and 1e-4 (fine-tuning and
+  SpotTune), paper-width ResNet-26 (5,858,273 trainable parameters). Command::
+
+    python -m data_prep.convert --manifest M.csv --out DATA --preset paper --workers 8
+    python -m eval.table2 --data DATA --workdir STUDY --preset paper
+
+  Run time: dominated by the five trainings of 100 x 40000 patches each; on one GPU the input
+  pipeline sets the pace (README, "Training on a GPU"). Expected result: the paper's Table 2
+  (FFDM -> FFDM 0.909 ± 0.001, FFDM -> MIP 0.751, SpotTune on MIP 0.825) on a cohort like the
+  paper's; not yet run on one.
+  """
   return ExperimentConfig(
       name="paper",
       synthetic=SyntheticConfig(
@@ -164,6 +175,19 @@ def _paper() -> ExperimentConfig:
 
 
 def _demo() -> ExperimentConfig:
+  """The synthetic demo on a CPU: ``make demo``.
+
+  320 synthetic patients (about 1500 FFDM images and 770 DBT volumes, 512x416 original pixels),
+  96 px patches, a half-width network, 2048-sample epochs: 40 base epochs, 8 fine-tune and 8
+  SpotTune epochs. Command::
+
+    make demo   # make_synthetic_cohort, convert and eval.table2, all with --preset demo --seed 0
+
+  Run time: 15 min on 2 CPU cores, install included (README, "Results"). Expected result:
+  Table 2 with FFDM -> FFDM ROC AUC about 0.83 and the MIP rows between 0.84 and 0.87, patient
+  bootstrap intervals about ±0.07 wide (README, "Results", for the exact table and what it does
+  and does not say).
+  """
   return ExperimentConfig(
       name="demo",
       # 60/20/20 so that the demo's DBT val/test splits hold enough positives for an AUC.
@@ -184,6 +208,17 @@ def _demo() -> ExperimentConfig:
 
 
 def _tiny() -> ExperimentConfig:
+  """The tests: a 16-patient synthetic cohort, 64 px patches, a narrow network, 2 base epochs of
+  32 samples, 1 fine-tune and 1 SpotTune epoch. Command::
+
+    python -m data_prep.make_synthetic_cohort --out T/cohort --preset tiny --seed 0
+    python -m data_prep.convert --manifest T/cohort/manifest.csv --out T/data --preset tiny
+    python -m eval.table2 --data T/data --workdir T/study --preset tiny
+
+  Run time: seconds per step; the three commands take a few minutes on 2 CPU cores. Expected
+  result: every file of a real run (shards, c.d.f.s, work dirs, exports, report); the AUCs are
+  near chance and mean nothing (a few dozen images, 64 training patches).
+  """
   return ExperimentConfig(
       name="tiny",
       data=DataConfig(patch_size=64, mask_downsample=4, num_shards=2, translate_std=4.0,
