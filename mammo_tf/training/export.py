@@ -8,8 +8,9 @@ TensorFlow (no mammo_tf import)::
 Inside: uint16 -> float32 (12-bit units) -> `HistogramMatching` (DBT models with an HM table) ->
 the Keras model (its first layer is `Normalize`) -> probability. The signature's `TensorSpec` pins
 dtype and shape, so a float patch or a patch of another size is rejected with an error naming the
-expected spec (the concrete function checks the dtype, an explicit assertion the side). Written with `keras.export.ExportArchive`; the model is called with
-``training=False`` (SpotTune: argmax gates unless the model was built with ``policy_eval="sample"``).
+expected spec (the concrete function checks the dtype, an explicit assertion the side). Written
+with `keras.export.ExportArchive`; the model is called with ``training=False`` (SpotTune: argmax
+gates unless the model was built with ``policy_eval="sample"``).
 """
 
 from __future__ import annotations

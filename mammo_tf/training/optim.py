@@ -9,8 +9,8 @@ exactly ``wd * w``); a loss term composes with loss scaling (mixed float16) and 
 
 With ``train.decoupled_weight_decay`` the optimiser is `keras.optimizers.AdamW` instead, whose
 ``weight_decay`` is *decoupled* (``w -= lr * wd * w`` outside the adaptive step, as PyTorch's
-``AdamW``); no loss term is added then. Note that Keras' ``Adam(weight_decay=...)`` is also decoupled,
-which is why the coupled variant is built as a loss term and not through that argument.
+``AdamW``); no loss term is added then. Note that Keras' ``Adam(weight_decay=...)`` is also
+decoupled, which is why the coupled variant is built as a loss term and not through that argument.
 """
 
 from __future__ import annotations
