@@ -87,7 +87,8 @@ def _measure(fn, reps: int):
   import gc
   gc.collect()
   resettable = _reset_peak()
-  base = _rss_mb("VmRSS") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  base = (_rss_mb("VmRSS") if resettable
+          else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   best = (float("inf"), 0.0)
   for _ in range(reps):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -95,7 +96,8 @@ def _measure(fn, reps: int):
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     del out
     best = min(best, (wall, cpu))
-  peak = _rss_mb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  peak = (_rss_mb("VmHWM") if resettable
+          else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   return best[0], best[1], peak - base
 
 

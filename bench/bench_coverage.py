@@ -104,7 +104,8 @@ def main() -> None:
   for label, n in ((0, num_neg), (1, num_pos)):
     d, distinct = len(drawn[label]), len(set(drawn[label]))
     ratios[label] = distinct / uniform_expectation(n, d)
-    print(f"{'negatives' if label == 0 else 'positives'}: N {n} in {shards_neg if label == 0 else shards_pos} "
+    shards = shards_neg if label == 0 else shards_pos
+    print(f"{'negatives' if label == 0 else 'positives'}: N {n} in {shards} "
           f"shards, {d} draws, {distinct} distinct, uniform {uniform_expectation(n, d):.0f} "
           f"({'current pipeline' if current else 'before: ' + os.environ.get('MAMMO_TF_SRC', '')})",
           file=sys.stderr)

@@ -79,7 +79,8 @@ def bench_layer(data_dir, cfg, lut, calls=4):
 
 
 def plain_loop(serialized, cfg, lut, n, seed=0):
-  """The same steps one patch at a time: PIL decode, 724 px window, rotate, crop, flip, HM, noise."""
+  """The same steps one patch at a time: PIL decode, 724 px window, rotate, crop, flip, HM,
+  noise."""
   rng = np.random.default_rng(seed)
   p = cfg.data.patch_size
   s = int(math.ceil(p * math.sqrt(2)))                 # 724 for 512

@@ -1,4 +1,5 @@
-"""Training-step throughput on this machine's CPU, and what a GPU would need from the input pipeline.
+"""Training-step throughput on this machine's CPU, and what a GPU would need from the input
+pipeline.
 
   python bench/bench_train.py [--steps N] [--geometries demo,paper] [--batch B]
 
@@ -98,7 +99,8 @@ def main() -> None:
     epoch_s = cfg.data.samples_per_epoch / rate
     print(f"   {gpu}: {peak:.0f} TFLOP/s bf16 x {GPU_UTILISATION:.0%} utilisation / "
           f"{step_flops / 1e9:.2f} GFLOP = {rate:,.0f} patches/s "
-          f"(one 40000-sample epoch in {epoch_s:.1f} s; 100 epochs in {100 * epoch_s / 60:.1f} min)")
+          f"(one 40000-sample epoch in {epoch_s:.1f} s; "
+          f"100 epochs in {100 * epoch_s / 60:.1f} min)")
     print(f"      input pipeline must deliver {rate:,.0f} augmented 512x512 patches/s = "
           f"{rate * 512 * 512 * 4 / 1e9:.2f} GB/s of float32 patches; at the ~19 "
           f"patches/s per core (NumPy loop) that is {rate / 19:,.0f} cores")

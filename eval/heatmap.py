@@ -34,8 +34,9 @@ _STRIDE = flags.DEFINE_integer("stride", None, "Window stride in stored pixels (
 _HM_LUT = flags.DEFINE_string("hm_lut", None, "Histogram matching: 'src.npz,ref.npz' or a "
                               "converter output folder (cdf_dbt -> cdf_ffdm). For a .keras model "
                               "trained on HM patches; an exported SavedModel of an HM run "
-                              "already carries the table: leave this off for it. Default: hm_lut.npy beside a "
-                              ".keras model (the table its training used), else none.")
+                              "already carries the table: leave this off for it. Default: "
+                              "hm_lut.npy beside a .keras model (the table its training used), "
+                              "else none.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Windows per model call.")
 
 

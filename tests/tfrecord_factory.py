@@ -4,7 +4,7 @@ Shared test helper (data pipeline, training and evaluation tests reuse it). It d
 DICOM: it draws synthetic stored-resolution images with NumPy and writes them with
 `mammo_tf.data.schema.encode_example`, exactly as the converter would, into
 
-    <data_dir>/<domain>/<split>-<pos|neg>-NNNNN-of-MMMMM.tfrecord     (cfg.data.num_shards per class)
+    <data_dir>/<domain>/<split>-<pos|neg>-NNNNN-of-MMMMM.tfrecord  (cfg.data.num_shards per class)
     <data_dir>/cdf_ffdm.npz, <data_dir>/cdf_dbt.npz                  (mammo_tf.data.cdf.save_cdf)
     <data_dir>/index.json                                             (what was written; tests only)
 

@@ -174,7 +174,8 @@ def build_pipeline(pipeline, tasks: Sequence[tuple], out_dir: str,
              | "Convert" >> beam.ParDo(ConvertFn()).with_outputs(META, EXAMPLE, HIST))
   written = (results[EXAMPLE]
              | "ByShard" >> beam.GroupByKey()
-             | "WriteShard" >> beam.MapTuple(lambda rel, items: write_one_shard(out_dir, rel, items)))
+             | "WriteShard" >> beam.MapTuple(
+                 lambda rel, items: write_one_shard(out_dir, rel, items)))
   metas = results[META] | "Metas" >> beam.combiners.ToList()
   chosen = metas | "Sample" >> beam.Map(sampled_images, cfg, seed)
   hists = (results[HIST]

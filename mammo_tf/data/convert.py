@@ -7,9 +7,9 @@ Two layers:
   an unknown laterality is inferred from the image for that decision only, the record keeps ""),
   stores it at ``1/cfg.data.downsample`` by a ``factor x factor`` block mean (remainder rows/cols
   cropped, rounded half up in integer arithmetic), computes the breast mask of the stored image on
-  the ``1/cfg.data.mask_downsample`` cell grid (`masks.breast_mask`, majority rule), converts the finding box to stored
-  ``(ymin, xmin, ymax, xmax)`` (clipped when partly outside; an error when nothing is left), and
-  replaces ids by salted hashes. Raises `DicomError` / `ValueError` with a reason. Beam reuses it.
+  the ``1/cfg.data.mask_downsample`` cell grid (`masks.breast_mask`, majority rule), converts the
+  finding box to stored ``(ymin, xmin, ymax, xmax)`` (clipped when partly outside; an error when
+  nothing is left), and replaces ids by salted hashes. Raises `DicomError` / `ValueError` with a reason. Beam reuses it.
 
 * `run_conversion(manifest, out_dir, cfg, *, seed, workers, salt)`: the batch job.
 
@@ -25,7 +25,8 @@ Two layers:
      dropping each shard's ``.example`` files once it is in place. The ``.meta`` files stay
      (a few KB per image) so that a rerun regenerates everything without decoding again.
   4. Per domain, average the c.d.f.s (breast pixels of the stored image, mask as stored) of a
-     class-stratified random sample of training images (`stratified_sample`) -> ``cdf_<domain>.npz``.
+     class-stratified random sample of training images (`stratified_sample`) ->
+     ``cdf_<domain>.npz``.
   5. ``summary.json`` (Table-1 counts, no ids), ``errors.csv`` (see below), ``config.json``
      (resolved config), ``shards.json`` (sha256 of every shard, checked and repaired on rerun).
 
@@ -677,7 +678,8 @@ def warn_missing_classes(ok: Sequence[dict]) -> list[str]:
       continue
     for split in config_lib.SPLITS:
       have = {e["label"] in config_lib.POSITIVE_LABELS for e in mine if e["split"] == split}
-      missing = [name for flag, name in ((True, "positive"), (False, "negative")) if flag not in have]
+      missing = [name for flag, name in ((True, "positive"), (False, "negative"))
+                 if flag not in have]
       if missing:
         lines.append(f"{d}/{split} has no {' and no '.join(missing)} images (too few patients "
                      "of that class for the split); training or evaluation on it will stop")

@@ -191,8 +191,8 @@ def train_records(data_dir: str, domain: str, split: str, cfg, seed: int, *, epo
     files = _shard_files(data_dir, domain, split, positive)
     counts = _record_counts(tuple(files))
     if not sum(counts):
-      raise ValueError(f"every shard matching {schema.shard_pattern(data_dir, domain, split, positive)}"
-                       " is empty (no examples)")
+      pattern = schema.shard_pattern(data_dir, domain, split, positive)
+      raise ValueError(f"every shard matching {pattern} is empty (no examples)")
     fn = _class_epoch(files, counts, n, cfg, seed, files_stream, shuffle_stream, deterministic)
     streams.append(tf.data.Dataset.counter(start=epoch).flat_map(fn))
   choice = tf.data.Dataset.counter(start=epoch).flat_map(

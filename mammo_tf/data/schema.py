@@ -125,7 +125,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
   mask = np.asarray(mask)
   if mask.ndim != 2:
     raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-  return tf.io.encode_png((mask > 0).astype(np.uint8)[..., None], compression=PNG_COMPRESSION).numpy()
+  return tf.io.encode_png((mask > 0).astype(np.uint8)[..., None],
+                          compression=PNG_COMPRESSION).numpy()
 
 
 def encode_example(record: Mapping[str, Any], codec: str = "png") -> bytes:

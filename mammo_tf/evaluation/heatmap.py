@@ -8,7 +8,8 @@ histogram-matched (MIP -> FFDM), and the patch model slides over it in batches o
 with the image edge so that every pixel is covered). Windows that do not touch the breast are
 skipped. Each pixel's probability is the average over the windows that cover it (weighted by a
 Gaussian of the distance to each window's centre by default; plain mean with
-``weighting="uniform"``), restricted to the breast mask. The image-level score is the highest window probability.
+``weighting="uniform"``), restricted to the breast mask. The image-level score is the highest
+window probability.
 """
 
 from __future__ import annotations

@@ -226,7 +226,8 @@ class Trainers:
 
 
 def default_trainers() -> Trainers:
-  """mammo_tf.training's jobs: `jobs.train_base`, `jobs.finetune`, `spottune_train.train_spottune`."""
+  """mammo_tf.training's jobs: `jobs.train_base`, `jobs.finetune`,
+  `spottune_train.train_spottune`."""
   from mammo_tf.training import jobs  # pylint: disable=g-import-not-at-top
   from mammo_tf.training import spottune_train  # pylint: disable=g-import-not-at-top
   return Trainers(jobs.train_base, jobs.finetune, spottune_train.train_spottune)

@@ -79,6 +79,8 @@ def require_regular_file(path, what: str = "input", *, allow_dir: bool = False) 
     raise UnsafeInput(path, f"cannot stat {what} ({e.strerror or type(e).__name__})") from None
   if stat.S_ISREG(st.st_mode) or (allow_dir and stat.S_ISDIR(st.st_mode)):
     return st
+  if stat.S_ISDIR(st.st_mode) and what == "input":
+    raise UnsafeInput(path, "is a directory, expected a DICOM file")
   expected = "a regular file or a directory" if allow_dir else "a regular file"
   raise UnsafeInput(path, f"{what} is {_kind(st.st_mode)}, expected {expected}")
 
@@ -132,9 +134,13 @@ def read_file_meta(f: BinaryIO, path) -> FileMeta | None:
 
 
 def is_deflated(path) -> bool:
-  """True when `path` is a DICOM file in the Deflated Explicit VR Little Endian syntax."""
-  with open(path, "rb") as f:
-    meta = read_file_meta(f, path)
+  """True when `path` is a DICOM file in the Deflated Explicit VR Little Endian syntax (False
+  when its file meta cannot be read: the reader then rejects it with its own reason)."""
+  try:
+    with open(path, "rb") as f:
+      meta = read_file_meta(f, path)
+  except UnsafeInput:
+    return False
   return meta is not None and meta.transfer_syntax == DEFLATED_UID
 
 

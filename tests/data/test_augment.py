@@ -18,7 +18,8 @@ def _smooth_image(seed, shape=(160, 150)):
 
 
 @pytest.mark.parametrize("angle_deg", [-30.0, -7.5, 0.0, 12.0, 30.0])
-@pytest.mark.parametrize("hflip,vflip", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("hflip,vflip",
+                         [(False, False), (True, False), (False, True), (True, True)])
 def test_transform_equals_skimage_rotation_of_the_same_window(angle_deg, hflip, vflip):
   image = _smooth_image(int(angle_deg) + 100)
   p, s = 41, 81

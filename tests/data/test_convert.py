@@ -69,7 +69,8 @@ def test_block_mean_box_and_flip():
 def test_stratified_sample_is_seeded_balanced_and_sorted():
   items = [(f"{i:04x}", config_lib.LABELS[i % 4] if i < 80 else "normal") for i in range(100)]
   a = convert.stratified_sample(items, 9, 0, "ffdm")
-  assert a == sorted(a) and len(a) == 9 and a == convert.stratified_sample(items[::-1], 9, 0, "ffdm")
+  assert a == sorted(a) and len(a) == 9
+  assert a == convert.stratified_sample(items[::-1], 9, 0, "ffdm")
   labels = dict(items)
   assert convert.sample_strata(a, labels) == {"normal": 3, "benign": 3, "positive": 3}
   a = convert.stratified_sample(items, 10, 0, "ffdm")
@@ -84,10 +85,12 @@ GOOD, BAD = [], []   # manifest lines
 
 
 def _build_cohort(root):
-  """Writes the DICOMs and two manifests; returns (manifest, big_manifest, expected error reasons)."""
+  """Writes the DICOMs and two manifests; returns (manifest, big_manifest, expected error
+  reasons)."""
   d = os.path.join(root, "dicom")
   os.makedirs(d)
-  header = "patient_id,exam_id,image_id,domain,path,label,laterality,view,roi_x,roi_y,roi_w,roi_h,split\n"
+  header = ("patient_id,exam_id,image_id,domain,path,label,laterality,view,"
+            "roi_x,roi_y,roi_w,roi_h,split\n")
   good = []
   # Patient 01, train: two FFDM (one flipped side) and a multi-frame DBT with a box.
   fac.write_ffdm(f"{d}/p1_lcc.dcm", _breast(1), laterality="L")
@@ -177,7 +180,8 @@ def _copy_with_new_uids(root, rel, tag):
   pairs = [(src, os.path.join(root, dst_rel))]
   if os.path.isdir(src):
     os.makedirs(pairs[0][1])
-    pairs = [(os.path.join(src, n), os.path.join(root, dst_rel, n)) for n in sorted(os.listdir(src))]
+    pairs = [(os.path.join(src, n), os.path.join(root, dst_rel, n))
+             for n in sorted(os.listdir(src))]
   for a, b in pairs:
     ds = pydicom.dcmread(a)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -204,7 +208,8 @@ _tree = trees.tree_bytes
 def _records(out, domain):
   recs = []
   for rel in sorted(os.listdir(os.path.join(out, domain))):
-    recs += [schema.decode_example_numpy(s) for s in writer.iter_shard(os.path.join(out, domain, rel))]
+    recs += [schema.decode_example_numpy(s)
+             for s in writer.iter_shard(os.path.join(out, domain, rel))]
   return recs
 
 

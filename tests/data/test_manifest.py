@@ -6,7 +6,8 @@ import pytest
 
 from mammo_tf.data import manifest
 
-HEADER = "patient_id,exam_id,image_id,domain,path,label,laterality,view,roi_x,roi_y,roi_w,roi_h,split\n"
+HEADER = ("patient_id,exam_id,image_id,domain,path,label,laterality,view,"
+          "roi_x,roi_y,roi_w,roi_h,split\n")
 
 
 def _write(tmp_path, text, name="m.csv", encoding="utf-8"):
@@ -57,7 +58,8 @@ def test_duplicate_image_id_rejects_second_occurrence_without_echoing_it(tmp_pat
   text = HEADER + "P,E,SECRET1,ffdm,a.dcm,normal,,,,,,,\nQ,F,SECRET1,ffdm,b.dcm,normal,,,,,,,\n"
   rows, errors = manifest.read_manifest(_write(tmp_path, text))
   assert [r.given_path for r in rows] == ["a.dcm"]
-  assert errors[0].where == "b.dcm" and errors[0].reason == "duplicate image_id (first used on line 2)"
+  assert errors[0].where == "b.dcm"
+  assert errors[0].reason == "duplicate image_id (first used on line 2)"
   assert "SECRET1" not in errors[0].reason
 
 
@@ -67,7 +69,8 @@ def test_conflicting_overrides_reject_all_rows_of_the_patient(tmp_path):
   rows, errors = manifest.read_manifest(_write(tmp_path, text))
   assert [r.image_id for r in rows] == ["I4"]
   assert [e.line for e in errors] == [2, 3, 4]
-  assert all("conflicting split overrides for this patient (test, train)" == e.reason for e in errors)
+  want = "conflicting split overrides for this patient (test, train)"
+  assert all(e.reason == want for e in errors)
 
 
 def test_file_level_errors(tmp_path):

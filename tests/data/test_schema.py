@@ -28,7 +28,8 @@ def test_round_trip_field_by_field(codec, box):
 
 
 def test_binary_label_and_graph_decode():
-  assert [schema.binary_label(l) for l in ("normal", "benign", "high_risk", "malignant")] == [0, 0, 1, 1]
+  labels = ("normal", "benign", "high_risk", "malignant")
+  assert [schema.binary_label(name) for name in labels] == [0, 0, 1, 1]
   with pytest.raises(ValueError, match="unknown label 'cancer'"):
     schema.binary_label("cancer")
   rec = _record(np.random.default_rng(1))

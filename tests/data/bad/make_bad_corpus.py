@@ -175,7 +175,8 @@ def make(out: str) -> dict:
   add("empty_slices", "DBT slice directory holds no DICOM files", domain="dbt")
   fac.write_dbt_slices(f"{d}/mixed_slices", [breast(60), breast(61, shape=(90, 80))])
   add("mixed_slices", "mixed slice sizes", domain="dbt")
-  add("mixed_slices", "is a directory, expected a DICOM file")
+  os.makedirs(f"{d}/a_folder")   # its own folder: the same path twice is a duplicate row
+  add("a_folder", "is a directory, expected a DICOM file")
   add("missing.dcm", "file not found")
   # Manifest-level hostility.
   add(None, "path escapes the manifest folder", path="../../etc/passwd")
@@ -183,13 +184,17 @@ def make(out: str) -> dict:
   add(None, "not a DICOM file", path="/etc/passwd")
   add("good_0.dcm", "duplicate image_id (first used on line 2)")    # image id of line 2
   add("good_0.dcm", "non-positive size (roi_w=-10", tail="malignant,,,20,20,-10,5,")
-  add("good_0.dcm", "lies outside the image (96x80)", tail="malignant,,,500,500,10,10,")
-  add("good_0.dcm", "lies outside the image (96x80)", tail="malignant,,,-50,-50,10,10,")
+  # Box errors need their own files: the same file on a second row is a duplicate row.
+  fac.write_ffdm(f"{d}/box_a.dcm", breast(1))
+  fac.write_ffdm(f"{d}/box_b.dcm", breast(1))
+  add("box_a.dcm", "lies outside the image (96x80)", tail="malignant,,,500,500,10,10,")
+  add("box_b.dcm", "lies outside the image (96x80)", tail="malignant,,,-50,-50,10,10,")
   add("good_0.dcm", "roi_x is not finite", tail="malignant,,,nan,10,10,10,")
   add("good_0.dcm", "incomplete finding box", tail="malignant,,,10,10,,,")
-  add("good_0.dcm", "unknown label 'cancer'", tail="cancer,,,,,,,")
-  add("good_0.dcm", "unknown domain 'mri'", domain="mri")
-  add("good_0.dcm", "laterality 'X' is not L or R", tail="normal,X,,,,,,")
+  # Reasons never echo the field's value (errors.csv): "(value withheld)".
+  add("good_0.dcm", "unknown label (value withheld)", tail="cancer,,,,,,,")
+  add("good_0.dcm", "unknown domain (value withheld)", domain="mri")
+  add("good_0.dcm", "laterality (value withheld) is not L or R", tail="normal,X,,,,,,")
   add("good_0.dcm", "row has 14 fields, header has 13", tail="normal,,,,,,,,surplus")
 
   lines = [HEADER] + good_rows
