@@ -1,22 +1,25 @@
 """Figures of the input pipeline: sample patches (paper Fig. 1) and average c.d.f.s (Fig. 2).
 
-matplotlib with the Agg backend; every function returns a `matplotlib.figure.Figure` (and the
-`save_*` helpers write PNGs), so the report and TensorBoard can reuse them.
+Every function returns a `matplotlib.figure.Figure` (and the `save_*` helpers write PNGs), so the
+report and TensorBoard can reuse them. Importing this module chooses no matplotlib backend: the
+entry point does (or matplotlib's default, Agg without a display); the study's figure writers
+choose Agg where they draw (`mammo_tf.evaluation.study_figures`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402
+from mammo_tf.config import MAX_INTENSITY, NUM_LEVELS
+from mammo_tf.data import cdf as cdf_lib
+from mammo_tf.data import schema
 
-from mammo_tf.config import MAX_INTENSITY, NUM_LEVELS  # noqa: E402
-from mammo_tf.data import cdf as cdf_lib  # noqa: E402
-from mammo_tf.data import schema  # noqa: E402
+
+def _pyplot():
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
 
 
 def _no_augmentation(cfg):
@@ -50,8 +53,9 @@ def sample_patches(data_dir: str, domain: str, cfg, *, split: str = "train", num
   return out
 
 
-def patch_grid_figure(samples: dict[str, np.ndarray], title: str = "") -> plt.Figure:
+def patch_grid_figure(samples: dict[str, np.ndarray], title: str = "") -> "matplotlib.figure.Figure":
   """Rows = versions (plain / augmented / +HM), columns = sampled images; 12-bit grey scale."""
+  plt = _pyplot()
   rows = [k for k in ("plain", "augmented", "plain+HM", "augmented+HM") if k in samples]
   num = samples["plain"].shape[0]
   fig, axes = plt.subplots(len(rows), num, figsize=(1.8 * num, 1.9 * len(rows)), squeeze=False)
@@ -80,8 +84,9 @@ def matched_cdf(src_cdf: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 def cdf_figure(ffdm_cdf: np.ndarray, mip_cdf: np.ndarray, lut: np.ndarray | None = None
-               ) -> plt.Figure:
+               ) -> "matplotlib.figure.Figure":
   """Average cumulative histograms of FFDM, MIP and HM-MIP on 0..4095 (paper Fig. 2)."""
+  plt = _pyplot()
   if lut is None:
     lut = cdf_lib.hm_lut(mip_cdf, ffdm_cdf)
   x = np.arange(NUM_LEVELS)
@@ -106,6 +111,9 @@ def save_preview(data_dir: str, domain: str, cfg, out_path: str, *, cdf_out: str
   Returns the paths written (the second is None when a c.d.f. file is missing).
   """
   import os  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")   # writes files only
+  plt = _pyplot()
   ffdm_path, dbt_path = schema.cdf_path(data_dir, "ffdm"), schema.cdf_path(data_dir, domain)
   have_cdfs = os.path.exists(ffdm_path) and os.path.exists(schema.cdf_path(data_dir, "dbt"))
   lut = cdf_lib.lut_from_files(dbt_path, ffdm_path) if have_cdfs else None

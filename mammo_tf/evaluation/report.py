@@ -3,19 +3,25 @@
 The report is built once as a list of blocks (heading, paragraph, table, figure) and rendered to
 Markdown (`report.md`) and to a self-contained HTML page (`report.html`, figures as relative
 links) from the same blocks, so the two always carry the same content. A figure is linked only
-when its file exists under the work directory.
+when its file exists under the work directory. When the work directory holds ``shift.json`` and
+``figures/shift.png`` (copied there by ``eval.shift_study --study W``), the report gains the
+controlled domain-shift section; "What the demo shows" is written from the numbers
+(`mammo_tf.evaluation.findings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import math
 import os
 from typing import Any, Mapping, Sequence
 
 from mammo_tf import config as config_lib
-from mammo_tf.evaluation import study as study_lib
+from mammo_tf.evaluation import findings
+from mammo_tf.io import files
+from mammo_tf.io import workdir_names as names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +199,32 @@ def existing_figures(workdir: str, figures: Mapping[str, str]) -> dict[str, str]
   return out
 
 
+SHIFT_FIGURE = f"{names.FIGURES_DIR}/{names.SHIFT_FIGURE}"
+
+
+def _findings_blocks(results: Mapping[str, Any], shift: Mapping[str, Any] | None) -> list[Any]:
+  return [Heading("What the demo shows")] + [
+      Paragraph(p) for p in findings.what_the_demo_shows(results, shift)]
+
+
+def _shift_blocks(shift: Mapping[str, Any], figure: str | None) -> list[Any]:
+  header, rows = findings.shift_table(shift)
+  blocks: list[Any] = [
+      Heading("Controlled domain shift"),
+      Paragraph(f"One FFDM model trained on a single vendor response (preset {shift['preset']}); "
+                f"the same test lesions rendered through the {shift['family']}. Distance: "
+                f"{shift['distance_measure']}. AUC: {shift['auc']} (± std over the seeds)."),
+      Table(header, rows)]
+  if figure:
+    blocks.append(Figure(figure, "ROC AUC against the distance of the test images' intensity "
+                                 "distribution from the training one: tested as they are and "
+                                 "with histogram matching."))
+  return blocks
+
+
 def build_blocks(results: Mapping[str, Any], data_summary: Mapping[str, Any] | None,
-                 figures: Mapping[str, str]) -> list[Any]:
+                 figures: Mapping[str, str], shift: Mapping[str, Any] | None = None
+                 ) -> list[Any]:
   """The report's content (figures must already be filtered with `existing_figures`)."""
   blocks: list[Any] = [Heading(f"mammo_tf study: Table 2 (preset {results['preset']})", 1)]
   seeds = ", ".join(str(s) for s in results["eval_seeds"])
@@ -210,6 +240,9 @@ def build_blocks(results: Mapping[str, Any], data_summary: Mapping[str, Any] | N
            if r.get("note")]
   if notes:
     blocks.append(Paragraph("Note: " + "; ".join(notes) + "."))
+  blocks.extend(_findings_blocks(results, shift))
+  if shift is not None:
+    blocks.extend(_shift_blocks(shift, figures.get("shift")))
   trainings = results.get("trainings") or {}
   if trainings:
     blocks.append(Heading("Trainings"))
@@ -293,13 +326,22 @@ def to_html(blocks: Sequence[Any], title: str = "mammo_tf study") -> str:
   return "\n".join(out) + "\n"
 
 
+def load_shift(workdir: str) -> dict[str, Any] | None:
+  """W/shift.json (a controlled shift study added to this study's report), or None."""
+  path = os.path.join(workdir, names.SHIFT_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_report(workdir: str, results: Mapping[str, Any],
                  data_summary: Mapping[str, Any] | None = None) -> tuple[str, str]:
   """Writes W/report.md and W/report.html; returns their paths."""
-  figures = existing_figures(workdir, results.get("figures") or {})
-  blocks = build_blocks(results, data_summary, figures)
-  md_path = os.path.join(workdir, "report.md")
-  html_path = os.path.join(workdir, "report.html")
-  study_lib.write_text_atomic(md_path, to_markdown(blocks))
-  study_lib.write_text_atomic(html_path, to_html(blocks, blocks[0].text))
+  figures = existing_figures(workdir, dict(results.get("figures") or {}, shift=SHIFT_FIGURE))
+  blocks = build_blocks(results, data_summary, figures, load_shift(workdir))
+  md_path = os.path.join(workdir, names.REPORT_MD)
+  html_path = os.path.join(workdir, names.REPORT_HTML)
+  files.atomic_write(md_path, to_markdown(blocks))
+  files.atomic_write(html_path, to_html(blocks, blocks[0].text))
   return md_path, html_path
