@@ -3,6 +3,7 @@ r"""Converts a DICOM manifest into sharded TFRecords, c.d.f.s, summary.json and 
   python -m data_prep.convert --manifest M.csv --out DIR [--workers N] [--seed S] [--preset P] \
       [--override section.field=value ...] [--salt_file F] [--codec png|raw] \
       [--canonical_laterality L|R] [--intensity auto|window|range|bits] [--voi_index N] \
+      [--shard_size_mb MB] \
       [--runner local|beam [-- BEAM_PIPELINE_OPTIONS ...]]
 
 --runner beam runs the same per-image conversion as an Apache Beam pipeline (DirectRunner unless
@@ -49,8 +50,18 @@ flags.DEFINE_enum("intensity", None, ["auto", "window", "range", "bits"],
                   "window, else its robust used range; window; range; bits = [0, 2^BitsStored-1].")
 flags.DEFINE_integer("voi_index", None, "Which VOI window / LUT of a file to apply (0 = the first).",
                      lower_bound=0)
+flags.DEFINE_float("shard_size_mb", None,
+                   "Target shard size in MiB: each (domain, split, class) gets enough shards of "
+                   "about this size (sets data.num_shards=0; default: the preset's sizing).",
+                   lower_bound=1e-3)
 flags.DEFINE_enum("runner", "local", ["local", "beam"],
                   "local: a pool of --workers processes; beam: Apache Beam (options after --).")
+flags.DEFINE_float("image_time_limit", 0.0,
+                   "Seconds one image may take to convert (0 = no limit); runs in worker "
+                   "processes when set. A timed-out image is reported, not cached.", lower_bound=0)
+flags.DEFINE_bool("errors_with_paths", False,
+                  "Also list each rejected input's path in errors.csv (for your own eyes: paths "
+                  "often hold patient identifiers).")
 flags.mark_flags_as_required(["manifest", "out"])
 
 
@@ -68,6 +79,8 @@ def main(argv):
       overrides.append(f"data.intensity={FLAGS.intensity}")
     if FLAGS.voi_index is not None:
       overrides.append(f"data.voi_index={FLAGS.voi_index}")
+    if FLAGS.shard_size_mb is not None:
+      overrides += ["data.num_shards=0", f"data.shard_size_mb={FLAGS.shard_size_mb}"]
     cfg = config_lib.get_config(FLAGS.preset, overrides)
     salt = privacy.load_or_create_salt(FLAGS.out, FLAGS.salt_file)
     if FLAGS.runner == "beam":
