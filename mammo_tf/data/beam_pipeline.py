@@ -139,10 +139,11 @@ def sampled_images(metas: Sequence[dict], cfg: config_lib.ExperimentConfig, seed
   return frozenset(chosen)
 
 
-def _read_errors(path: str) -> list[manifest_lib.RowError]:
+def _read_errors(path: str, where_by_line: dict[int, str]) -> list[manifest_lib.RowError]:
+  """errors.csv back as RowErrors; the paths (not in the file by default) come from the rows."""
   with open(path, newline="", encoding="utf-8") as f:
-    return [manifest_lib.RowError(r.get("path", ""), r["reason"], int(r["line"]))
-            for r in csv.DictReader(f)]
+    return [manifest_lib.RowError(where_by_line.get(int(r["line"]), ""), r["reason"],
+                                  int(r["line"])) for r in csv.DictReader(f)]
 
 
 def build_pipeline(pipeline, tasks: Sequence[tuple], out_dir: str,
@@ -232,7 +233,9 @@ def run_beam_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentC
                    manifest_errors=manifest_errors)
   with open(os.path.join(out_dir, convert.SUMMARY), encoding="utf-8") as f:
     summary = json.load(f)
-  errors = _read_errors(os.path.join(out_dir, convert.ERRORS))
+  where_by_line = {e.line: e.where for e in manifest_errors}
+  where_by_line.update((r.line, r.given_path) for r in rows)
+  errors = _read_errors(os.path.join(out_dir, convert.ERRORS), where_by_line)
   return convert.ConversionReport(out_dir=out_dir, num_rows=num_rows,
                                   num_converted=int(summary["total"]["images"]), errors=errors,
                                   summary=summary)
