@@ -86,13 +86,14 @@ from mammo_tf.data import writer
 from mammo_tf.io import dicom
 from mammo_tf.io import files
 from mammo_tf.io import guard
+from mammo_tf.io import workdir_names as names
 
 CACHE_DIR = ".cache"
 CACHE_VERSION = 2
-SUMMARY = "summary.json"
-ERRORS = "errors.csv"
+SUMMARY = names.SUMMARY_FILE
+ERRORS = names.ERRORS_FILE
 SHARDS = "shards.json"
-CONFIG = "config.json"
+CONFIG = names.CONFIG_FILE
 PROGRESS_SECONDS = 5.0
 
 # Exit statuses of data_prep.convert (the Makefile relies on 1 = partial success).

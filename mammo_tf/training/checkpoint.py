@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from mammo_tf.io import files
+from mammo_tf.io import workdir_names as names
 
-STATE_FILE = "state.npz"
+STATE_FILE = names.STATE_FILE
 
 
 def _values(variables: Sequence) -> list[np.ndarray]:

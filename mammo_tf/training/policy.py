@@ -21,13 +21,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-import matplotlib
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
+from mammo_tf.io import workdir_names as names
+from mammo_tf.training import runtime
 
-from mammo_tf.training import runtime  # noqa: E402
-
-POLICY_FILE = "policy.json"
+POLICY_FILE = names.POLICY_FILE
 _UNIT = re.compile(r"stage(\d+)_unit(\d+)")
 
 
@@ -102,6 +99,9 @@ def plot_policy(policies: Mapping[str, Mapping[str, Any]], out_path: str,
   stages = stage_of(units)
   n, k = len(units), len(items)
   width = 0.8 / k
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")   # drawn to a file (chosen here, not at import)
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * n + 2), 3.6))
   x = np.arange(n)
   for i, (label, p) in enumerate(items):
