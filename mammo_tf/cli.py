@@ -75,8 +75,22 @@ def report(e: BaseException) -> int:
   return code
 
 
-def wrap(main: Callable[[Sequence[str]], int | None]) -> Callable[[Sequence[str]], int]:
-  """`main` with exceptions mapped to exit codes (for `absl.app.run`)."""
+def _data_dirs(data_flags: Sequence[str]) -> list[str]:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in data_flags:
+    value = flags.FLAGS[name].value if name in flags.FLAGS else None
+    out += list(value) if isinstance(value, (list, tuple)) else [value]
+  return [v for v in out if v]
+
+
+def wrap(main: Callable[[Sequence[str]], int | None],
+         data_flags: Sequence[str] = ()) -> Callable[[Sequence[str]], int]:
+  """`main` with exceptions mapped to exit codes (for `absl.app.run`).
+
+  A TensorFlow ``DataLossError`` (a damaged TFRecord) becomes a user error naming the damaged
+  shard(s) of the converter output folders given by the flags `data_flags`.
+  """
 
   def wrapped(argv: Sequence[str]) -> int:
     try:
@@ -86,6 +100,9 @@ def wrap(main: Callable[[Sequence[str]], int | None]) -> Callable[[Sequence[str]
     except KeyboardInterrupt:
       raise
     except BaseException as e:  # pylint: disable=broad-except
+      if type(e).__name__ == "DataLossError":
+        from mammo_tf.training import artifacts  # pylint: disable=g-import-not-at-top
+        e = artifacts.data_loss_error(e, _data_dirs(data_flags))
       return report(e)
     return int(code or 0)
 
@@ -101,7 +118,8 @@ def _parse_flags(argv: Sequence[str]):
     sys.exit(EXIT_USER)
 
 
-def run(main: Callable[[Sequence[str]], int | None]) -> None:
-  """`absl.app.run(main)` with this module's exit codes (flag errors exit 2 too)."""
+def run(main: Callable[[Sequence[str]], int | None], data_flags: Sequence[str] = ()) -> None:
+  """`absl.app.run(main)` with this module's exit codes (flag errors exit 2 too); `data_flags`
+  name the flags holding converter output folders (see `wrap`)."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(wrap(main), flags_parser=_parse_flags)
+  app.run(wrap(main, data_flags), flags_parser=_parse_flags)

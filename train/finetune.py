@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, data_flags=("data",))

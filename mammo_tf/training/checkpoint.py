@@ -18,6 +18,7 @@ import numpy as np
 
 from mammo_tf.io import files
 from mammo_tf.io import workdir_names as names
+from mammo_tf.training import artifacts
 
 STATE_FILE = names.STATE_FILE
 
@@ -49,7 +50,7 @@ def load_state(backup_dir: str, model_variables: Sequence, optimizer_variables: 
                ) -> dict[str, Any]:
   """Assigns the saved values to the given variables (same order as saved); returns the meta."""
   path = os.path.join(backup_dir, STATE_FILE)
-  with np.load(path) as data:
+  with artifacts.open_state(path) as data:   # a corrupt file: one line naming it
     model_keys = sorted(k for k in data.files if k.startswith("model_"))
     opt_keys = sorted(k for k in data.files if k.startswith("opt_"))
     if len(model_keys) != len(model_variables) or len(opt_keys) != len(optimizer_variables):

@@ -16,6 +16,7 @@ import keras
 
 from mammo_tf import config as config_lib
 from mammo_tf.models import resnet
+from mammo_tf.training import artifacts
 from mammo_tf.training import loop
 from mammo_tf.training import optim
 
@@ -74,7 +75,7 @@ def load_base(base_path: str) -> keras.Model:
   """Loads a base classifier (``best.keras`` of `train_base`) with a clear error when missing."""
   if not os.path.exists(base_path):
     raise FileNotFoundError(f"base model {base_path} does not exist (run train_base first)")
-  return keras.models.load_model(base_path)
+  return artifacts.load_keras_model(base_path)
 
 
 class FinetuneTask(loop.Task):

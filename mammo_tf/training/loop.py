@@ -46,6 +46,7 @@ from absl import logging
 from mammo_tf import config as config_lib
 from mammo_tf.data import pipeline
 from mammo_tf.evaluation import metrics
+from mammo_tf.training import artifacts
 from mammo_tf.training import checkpoint
 from mammo_tf.training import export as export_lib
 from mammo_tf.training import optim
@@ -595,7 +596,7 @@ def _finish(state: _Run) -> TrainResult:
   if state.ran_epochs and history[-1]["best"]:
     best_model = state.trainer.model   # the last epoch is the best: it is what best.keras holds
   else:
-    best_model = keras.models.load_model(paths["best"])
+    best_model = artifacts.load_keras_model(paths["best"])
   export_lib.export_serving(best_model, paths["export"], state.cfg.input_size,
                             hm_lut=state.hm_lut)
   state.task.on_finish(state.cfg, best_model, history, state.val_ds)
