@@ -15,8 +15,8 @@ window probability.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import stat
 from typing import Any, Callable
 
 import numpy as np
@@ -156,12 +156,24 @@ def overlay_rgb(image: np.ndarray, probability: np.ndarray, mask: np.ndarray | N
 
 
 def detect_domain(path: str) -> str:
-  """"dbt" for a slice directory or a multi-frame file, else "ffdm"."""
-  if os.path.isdir(path):
+  """"dbt" for a slice directory or a multi-frame file, else "ffdm".
+
+  Reads the header through `mammo_tf.io.dicom` (a missing, non-DICOM or damaged file raises its
+  `DicomError`, a ValueError naming the file and the reason).
+  """
+  from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
+  from mammo_tf.io import guard  # pylint: disable=g-import-not-at-top
+  try:
+    st = guard.require_regular_file(path, "DICOM input", allow_dir=True)
+  except guard.UnsafeInput as e:
+    raise dicom.DicomError(path, e.reason) from None
+  if stat.S_ISDIR(st.st_mode):
     return "dbt"
-  import pydicom  # pylint: disable=g-import-not-at-top
-  ds = pydicom.dcmread(path, stop_before_pixels=True)
-  return "dbt" if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else "ffdm"
+  frames = dicom.open_dataset(path).ds.get("NumberOfFrames", 1)
+  try:
+    return "dbt" if int(frames or 1) > 1 else "ffdm"
+  except (TypeError, ValueError):
+    raise dicom.DicomError(path, "NumberOfFrames is not a number") from None
 
 
 def resolve_hm_lut(spec: str | None) -> np.ndarray | None:
@@ -194,8 +206,11 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
   domain = detect_domain(dicom_path) if domain == "auto" else domain
   original, _ = dicom.read_image(dicom_path, domain, apply_voi_lut=cfg.data.apply_voi_lut)
   factor = int(cfg.data.downsample)
-  stored = convert.block_mean(original, factor)  # exactly as the converter stores images
-  mask = masks.breast_mask(stored)
+  try:
+    stored = convert.block_mean(original, factor)  # exactly as the converter stores images
+    mask = masks.breast_mask(stored)
+  except ValueError as e:
+    raise ValueError(f"{dicom_path}: no heat map: {e}") from None
   pixels = (cdf.apply_lut(stored, hm_lut, mask) if hm_lut is not None
             else stored.astype(np.float32))
   predictor = evaluate.load_predictor(model_path)
@@ -224,8 +239,8 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
       "model": os.path.basename(os.path.normpath(model_path)),
       "png": os.path.basename(out_png),
   }
-  json_path = os.path.splitext(out_png)[0] + ".json"
-  with open(json_path, "w") as f:
-    json.dump(info, f, indent=1, sort_keys=True)
-  np.save(os.path.splitext(out_png)[0] + ".npy", hmap.probability)
+  from mammo_tf.io import files  # pylint: disable=g-import-not-at-top
+  files.atomic_write_with(os.path.splitext(out_png)[0] + ".npy",
+                          lambda f: np.save(f, hmap.probability))
+  files.atomic_write_json(os.path.splitext(out_png)[0] + ".json", info, indent=1)
   return info

@@ -418,3 +418,25 @@ def test_truncated_slice_is_named_by_position(tmp_path):
   (err,) = _errors(tmp_path / "o")
   assert "slice" in err["reason"] and "2 of 3" in err["reason"], err
   assert names[1] not in err["reason"]
+
+
+# --------------------------------------------------------------------------------- heat map
+
+
+def test_heatmap_refuses_tiny_flat_and_non_dicom_inputs_in_one_line(tmp_path):
+  """Each fails before any model is loaded, with a ValueError naming the input (exit 2)."""
+  from mammo_tf.evaluation import heatmap  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.get_config("tiny")
+  fac.write_ffdm(tmp_path / "one.dcm", np.full((1, 1), 2000, np.uint16))
+  fac.write_ffdm(tmp_path / "black.dcm", np.zeros((96, 80), np.uint16))
+  (tmp_path / "notes.dcm").write_text("not a DICOM file\n" * 20)
+  os.mkfifo(tmp_path / "pipe.dcm")
+  cases = {"one.dcm": "smaller than the downsample factor", "black.dcm": "no breast found",
+           "notes.dcm": "not a DICOM file", "pipe.dcm": "FIFO"}
+  for name, reason in cases.items():
+    path = str(tmp_path / name)
+    box = _in_thread(lambda path=path: heatmap.heatmap_for_dicom(
+        str(tmp_path / "no_model.keras"), path, str(tmp_path / "h.png"), cfg))
+    e = box.get("error")
+    assert isinstance(e, ValueError) and reason in str(e) and name in str(e), (name, e)
+    assert cli.exit_code(e) == 2
