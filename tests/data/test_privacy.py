@@ -33,3 +33,42 @@ def test_salt_file_is_created_once_private_and_reused(tmp_path):
     privacy.load_or_create_salt(out, str(tmp_path / "short"))
   with pytest.raises(privacy.SaltError, match="cannot read salt file"):
     privacy.load_or_create_salt(out, str(tmp_path / "missing"))
+
+
+def test_errors_csv_and_logs_hold_no_identifier(tmp_path, caplog):
+  """The privacy grep over errors.csv (and every other output byte and the log) when manifest
+  paths and fields carry identifiers: an MRN folder, an id as a label, a patient-named file."""
+  import logging  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
+  from tests import dicom_factory as fac  # pylint: disable=g-import-not-at-top
+  from tests import trees  # pylint: disable=g-import-not-at-top
+  img = np.zeros((96, 80), np.uint16)
+  img[10:86, :50] = 2100
+  os.makedirs(tmp_path / "MRN4417" / "DOE_JANE")
+  fac.write_ffdm(tmp_path / "MRN4417" / "DOE_JANE" / "lcc.dcm", img)
+  fac.write_ffdm(tmp_path / "MRN4417" / "black.dcm", np.zeros((96, 80), np.uint16))
+  rows = ["MRN4417,ACC5521,IMG8812,ffdm,MRN4417/DOE_JANE/lcc.dcm,normal",
+          "MRN4417,ACC5521,IMG8813,ffdm,MRN4417/DOE_JANE/rcc.dcm,normal",    # missing file
+          "MRN4417,ACC5521,IMG8814,ffdm,MRN4417/black.dcm,normal",           # no breast
+          "MRN4417,ACC5521,IMG8815,ffdm,MRN4417/DOE_JANE/lcc.dcm,MRN4417",   # id as a label
+          "MRN9999,ACC5521,IMG8816,ffdm,MRN4417/DOE_JANE/lcc.dcm,normal"]    # duplicate file
+  manifest = tmp_path / "m.csv"
+  manifest.write_text("patient_id,exam_id,image_id,domain,path,label\n" + "\n".join(rows) + "\n")
+  cfg = config_lib.get_config("tiny", ["data.num_shards=1"])
+  with caplog.at_level(logging.DEBUG):
+    report = convert.run_conversion(str(manifest), str(tmp_path / "o"), cfg, seed=0,
+                                    salt=b"privacy-salt-0123")
+  assert report.num_converted == 1 and report.num_errors == 4
+  tree = trees.tree_bytes(str(tmp_path / "o"))
+  needles = ["MRN4417", "MRN9999", "ACC5521", "IMG881", "DOE", "JANE", "rcc.dcm", "black.dcm",
+             fac.PATIENT_ID, fac.ACCESSION, fac.STUDY_DATE]
+  assert len(tree["errors.csv"].splitlines()) == 5
+  for rel, data in tree.items():
+    for needle in needles:
+      assert needle.encode() not in data, (rel, needle)
+  for needle in needles:
+    assert needle not in caplog.text, needle
