@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mammo_tf import cli
 from mammo_tf.data import datasets
 from mammo_tf.data.datasets import common
 
@@ -70,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

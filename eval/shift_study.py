@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mammo_tf import cli
 from mammo_tf.evaluation import shift
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Shift-study work directory.", required=True)
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
