@@ -41,7 +41,7 @@ def main(argv):
   except (KeyError, ValueError) as e:
     print(f"shift_study: bad flag value: {e}", file=sys.stderr)
     sys.exit(2)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   tf.config.experimental.enable_op_determinism()   # one seed, one curve
   try:
     result = shift.run_shift_study(cfg, _WORKDIR.value, factors=factors, workers=_WORKERS.value)

@@ -9,16 +9,21 @@ choose Agg where they draw (`mammo_tf.evaluation.study_figures`).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mammo_tf.config import MAX_INTENSITY, NUM_LEVELS
+from mammo_tf.config import MAX_INTENSITY
+from mammo_tf.config import NUM_LEVELS
 from mammo_tf.data import cdf as cdf_lib
 from mammo_tf.data import schema
 
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
+
 
 def _pyplot():
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
   return plt
 
 
@@ -36,7 +41,7 @@ def sample_patches(data_dir: str, domain: str, cfg, *, split: str = "train", num
   ``"label"`` -> [num]. HM versions are present only when `hm_lut` is given. The same seed picks
   the same images and centres in every version (augmentation only adds its own draws).
   """
-  from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import pipeline
 
   def first(c, lut):
     c = dataclasses.replace(c, data=dataclasses.replace(c.data, batch_size=num, reuse=1))
@@ -53,7 +58,7 @@ def sample_patches(data_dir: str, domain: str, cfg, *, split: str = "train", num
   return out
 
 
-def patch_grid_figure(samples: dict[str, np.ndarray], title: str = "") -> "matplotlib.figure.Figure":
+def patch_grid_figure(samples: dict[str, np.ndarray], title: str = "") -> Figure:
   """Rows = versions (plain / augmented / +HM), columns = sampled images; 12-bit grey scale."""
   plt = _pyplot()
   rows = [k for k in ("plain", "augmented", "plain+HM", "augmented+HM") if k in samples]
@@ -84,7 +89,7 @@ def matched_cdf(src_cdf: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 def cdf_figure(ffdm_cdf: np.ndarray, mip_cdf: np.ndarray, lut: np.ndarray | None = None
-               ) -> "matplotlib.figure.Figure":
+               ) -> Figure:
   """Average cumulative histograms of FFDM, MIP and HM-MIP on 0..4095 (paper Fig. 2)."""
   plt = _pyplot()
   if lut is None:
@@ -110,8 +115,9 @@ def save_preview(data_dir: str, domain: str, cfg, out_path: str, *, cdf_out: str
 
   Returns the paths written (the second is None when a c.d.f. file is missing).
   """
-  import os  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import os
+
+  import matplotlib
   matplotlib.use("Agg")   # writes files only
   plt = _pyplot()
   ffdm_path, dbt_path = schema.cdf_path(data_dir, "ffdm"), schema.cdf_path(data_dir, domain)

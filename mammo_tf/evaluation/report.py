@@ -53,7 +53,8 @@ FIGURE_CAPTIONS = (
                               "images, breast pixels (paper Fig. 2)."),
     ("policy_comparison", "SpotTune policies with and without HM: fraction of validation patches "
                           "routed to the fine-tuned copy of each residual block (paper Fig. 3)."),
-    ("policy_spottune", "SpotTune policy: fraction of validation patches routed to the fine-tuned copy "
+    ("policy_spottune", "SpotTune policy: fraction of validation patches routed to the fine-tuned "
+                        "copy "
                         "of each residual block, MIP (paper Fig. 3)."),
     ("policy_spottune_hm", "SpotTune policy, MIP with HM (paper Fig. 3)."),
     ("roc_mip", "ROC curves on MIP: the FFDM model tested only, fine-tuned and SpotTuned "

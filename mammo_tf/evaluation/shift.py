@@ -34,8 +34,8 @@ import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from mammo_tf import config as config_lib
 from mammo_tf.io import files
@@ -121,7 +121,8 @@ def ensure_cohort(cfg: config_lib.ExperimentConfig, out: str, *, workers: int,
                   patients: Sequence[int] | None = None, factor: float = 1.0,
                   splits: Mapping[str, str] | None = None) -> str:
   """Renders the cohort (or the listed patients through the level's response) unless done."""
-  from mammo_tf.synthetic import cohort, vendors  # pylint: disable=g-import-not-at-top
+  from mammo_tf.synthetic import cohort
+  from mammo_tf.synthetic import vendors
   manifest = os.path.join(out, "manifest.csv")
   if _step_done(out):
     return manifest
@@ -142,7 +143,7 @@ def ensure_cohort(cfg: config_lib.ExperimentConfig, out: str, *, workers: int,
 
 def ensure_data(cfg: config_lib.ExperimentConfig, manifest: str, out: str, *, workers: int) -> str:
   """Converts the cohort to TFRecords unless done (the converter itself also resumes)."""
-  from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import convert
   if not _step_done(out):
     report = convert.run_conversion(manifest, out, cfg, seed=cfg.seed, workers=workers,
                                     salt=PUBLIC_SALT)
@@ -155,7 +156,7 @@ def ensure_data(cfg: config_lib.ExperimentConfig, manifest: str, out: str, *, wo
 
 def patient_splits(cfg: config_lib.ExperimentConfig, manifest: str) -> dict[str, str]:
   """{patient_id: split} exactly as the converter assigns them to this manifest."""
-  from mammo_tf.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import manifest as manifest_lib
   rows, errors = manifest_lib.read_manifest(manifest)
   if errors:
     raise ValueError(f"{manifest}: {len(errors)} invalid row(s)")
@@ -177,7 +178,8 @@ def level_patients(splits: Mapping[str, str]) -> tuple[list[int], dict[str, str]
 # -- evaluation -----------------------------------------------------------------------------------
 
 def _cdf_distance(level_data: str, train_data: str) -> float:
-  from mammo_tf.data import cdf, schema  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf
+  from mammo_tf.data import schema
   return float(cdf.kolmogorov_distance(cdf.load_cdf(schema.cdf_path(level_data, "ffdm")),
                                        cdf.load_cdf(schema.cdf_path(train_data, "ffdm"))))
 
@@ -185,8 +187,9 @@ def _cdf_distance(level_data: str, train_data: str) -> float:
 def evaluate_level(cfg: config_lib.ExperimentConfig, layout: Layout, j: int, factor: float,
                    predictor: Callable[[], Any], stamp: str) -> dict[str, Any]:
   """AUCs of the base model at level j, test only and with HM (cached in W/eval/level<j>.json)."""
-  from mammo_tf.data import cdf, schema  # pylint: disable=g-import-not-at-top
-  from mammo_tf.evaluation import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf
+  from mammo_tf.data import schema
+  from mammo_tf.evaluation import evaluate as evaluate_lib
   seeds = [int(s) for s in cfg.data.eval_seeds]
   key = {"version": CACHE_VERSION, "level": j, "factor": float(factor), "model_stamp": stamp,
          "seeds": seeds}
@@ -238,7 +241,7 @@ def summarize_levels(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # -- the study ------------------------------------------------------------------------------------
 
 def _default_train_base() -> Callable[..., Any]:
-  from mammo_tf.training import jobs  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import jobs
   return jobs.train_base
 
 
@@ -251,8 +254,8 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
   and they must increase. `train_base(cfg, data_dir, workdir)` defaults to
   `mammo_tf.training.jobs.train_base`.
   """
-  from mammo_tf.evaluation import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  from mammo_tf.evaluation import study_figures  # pylint: disable=g-import-not-at-top
+  from mammo_tf.evaluation import evaluate as evaluate_lib
+  from mammo_tf.evaluation import study_figures
   factors = [float(f) for f in factors]
   if len(factors) < 2 or factors[0] != 1.0 or any(b <= a for a, b in zip(factors, factors[1:])):
     raise ValueError(f"levels must start at 1 and increase, got {factors}")
@@ -271,7 +274,7 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
       loaded["model"] = evaluate_lib.load_predictor(os.path.join(layout.base, names.MODEL_FILE))
     return loaded["model"]
 
-  from mammo_tf.evaluation import study  # pylint: disable=g-import-not-at-top
+  from mammo_tf.evaluation import study
   stamp = study.model_stamp(layout.base)
   levels = []
   for j, factor in enumerate(factors):
@@ -302,7 +305,7 @@ def attach_to_study(shift_workdir: str, study_workdir: str) -> tuple[str, str]:
   report from its results.json (Table 1 from the converter summary it names, when present).
   Later reruns of the study keep the section, since the report reads W/shift.json.
   """
-  from mammo_tf.evaluation import report  # pylint: disable=g-import-not-at-top
+  from mammo_tf.evaluation import report
   results_path = os.path.join(study_workdir, names.RESULTS_FILE)
   if not os.path.exists(results_path):
     raise ValueError(f"{study_workdir} holds no finished study ({names.RESULTS_FILE} missing)")

@@ -11,9 +11,9 @@ import numpy as np
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
   return plt
 
 
@@ -22,7 +22,7 @@ def shift_figure(shift: Mapping[str, Any], path: str) -> str:
 
   `shift` is the content of shift.json; undefined AUCs (None) are left out of their line.
   """
-  from mammo_tf.evaluation import shift as shift_lib  # pylint: disable=g-import-not-at-top
+  from mammo_tf.evaluation import shift as shift_lib
   plt = _pyplot()
   x = np.asarray(shift["distance"], np.float64)
   fig, ax = plt.subplots(figsize=(5.6, 4.2), dpi=100)

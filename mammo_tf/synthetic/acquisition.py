@@ -1,4 +1,4 @@
-"""X-ray acquisition of a phantom: FFDM projection and DBT limited-angle projections + reconstruction.
+"""X-ray acquisition of a phantom: FFDM projection, DBT limited-angle projections, reconstruction.
 
 Physics (all float32, vectorised):
 
@@ -24,7 +24,8 @@ from typing import Iterator
 import numpy as np
 from scipy import ndimage
 
-from mammo_tf.synthetic.phantom import Lesion, TissueLayers
+from mammo_tf.synthetic.phantom import Lesion
+from mammo_tf.synthetic.phantom import TissueLayers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,11 +27,14 @@ from typing import Sequence
 
 import numpy as np
 
-from mammo_tf.config import LABELS, SyntheticConfig
+from mammo_tf.config import LABELS
+from mammo_tf.config import SyntheticConfig
 from mammo_tf.synthetic import acquisition as acq
 from mammo_tf.synthetic import phantom as ph
 from mammo_tf.synthetic import vendors as vd
-from mammo_tf.synthetic.dicom_writer import ImageInfo, write_dbt, write_ffdm
+from mammo_tf.synthetic.dicom_writer import ImageInfo
+from mammo_tf.synthetic.dicom_writer import write_dbt
+from mammo_tf.synthetic.dicom_writer import write_ffdm
 
 MANIFEST_COLUMNS = ("patient_id", "exam_id", "image_id", "domain", "path", "label", "laterality",
                     "view", "roi_x", "roi_y", "roi_w", "roi_h", "split")
@@ -360,7 +363,8 @@ def render_signals(cfg: SyntheticConfig, seed: int, index: int, side: str, view:
     lesion = None
   skin, support = _skin_and_support(b, cfg.ffdm_shape, sp, flip)
   params = acq.AcquisitionParams()
-  ffdm = acq.acquire_ffdm(tissue, skin, support, lesion, sp, params, _rng(seed, index, 2, 2, si, vi))
+  ffdm = acq.acquire_ffdm(tissue, skin, support, lesion, sp, params,
+                          _rng(seed, index, 2, 2, si, vi))
   angles = acq.dbt_angles(cfg.dbt_projections, cfg.dbt_angle_deg)
   proj = acq.acquire_dbt_projections(tissue, skin, support, lesion, sp, angles, params,
                                      _rng(seed, index, 2, 3, si, vi))

@@ -17,11 +17,14 @@ from typing import Iterable
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import generate_uid
 
-from mammo_tf.synthetic.vendors import Vendor, full_scale
+from mammo_tf.synthetic.vendors import Vendor
+from mammo_tf.synthetic.vendors import full_scale
 
 FFDM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"
 DBT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.13.1.3"

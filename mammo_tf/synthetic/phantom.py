@@ -5,7 +5,8 @@ Units: millimetres and linear attenuation coefficients in 1/mm at an effective e
 by the caller), ``y`` = image rows, ``z`` = height above the centre of the compressed breast.
 
 The tissue is a stack of ``layers`` horizontal slabs sampled on a coarse in-plane grid (the
-*tissue grid*, at most ``phantom_max_side`` pixels on its long side) so that the whole 3D phantom of a
+*tissue grid*, at most ``phantom_max_side`` pixels on its long side) so that the whole 3D phantom
+of a
 paper-size image stays a few tens of MB of float32. Findings are small 3D blocks sampled at the
 full image resolution and projected separately (`Lesion`).
 """
@@ -45,11 +46,13 @@ class BreastShape:
   pectoral_height: float    # MLO: pectoral muscle extent along the chest wall
 
 
-def sample_shape(rng: np.random.Generator, view: str, fov_rows: float, fov_cols: float) -> BreastShape:
+def sample_shape(rng: np.random.Generator, view: str, fov_rows: float, fov_cols: float
+                 ) -> BreastShape:
   """Draws a breast outline/thickness/density for one view."""
   depth = rng.uniform(0.55, 0.8) * fov_cols
   thickness = rng.uniform(40.0, 62.0)
-  harm = tuple((m, rng.uniform(0.0, 0.035 / m ** 0.5), rng.uniform(0, 2 * np.pi)) for m in range(2, 7))
+  harm = tuple((m, rng.uniform(0.0, 0.035 / m ** 0.5), rng.uniform(0, 2 * np.pi))
+               for m in range(2, 7))
   if view == "MLO":
     hh = rng.uniform(0.30, 0.38) * fov_rows
     return BreastShape(view, depth, hh, rng.uniform(0.55, 0.62) * fov_rows,
@@ -69,7 +72,8 @@ def _grid(shape: tuple[int, int], spacing: float) -> tuple[np.ndarray, np.ndarra
   return x[None, :], y[:, None]
 
 
-def elliptic_radius(b: BreastShape, x: np.ndarray, y: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+def elliptic_radius(b: BreastShape, x: np.ndarray, y: np.ndarray, shrink: float = 0.0
+                    ) -> np.ndarray:
   """Normalised radius (1 on the outline) of points (x mm from chest wall, y mm rows)."""
   yc = b.centre + b.tilt * x
   dy = y - yc
@@ -100,9 +104,9 @@ def pectoral_mask(b: BreastShape, x, y) -> np.ndarray:
   return np.clip(edge / 2.0 + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def power_law_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, ...],
-                    beta: float, stretch_x: float = 1.0, band: tuple[float, float] | None = None
-                    ) -> np.ndarray:
+def power_law_field(rng: np.random.Generator, shape: tuple[int, int, int],
+                    spacing: tuple[float, ...], beta: float, stretch_x: float = 1.0,
+                    band: tuple[float, float] | None = None) -> np.ndarray:
   """Zero-mean, unit-variance Gaussian field with power spectrum 1/f^beta (float32).
 
   `stretch_x` > 1 elongates structures along x (columns); `band` = (f_lo, f_hi) in cycles/mm
@@ -198,7 +202,8 @@ def _splat(block: np.ndarray, pts: np.ndarray, weights: np.ndarray) -> None:
     for dyi in (0, 1):
       for dxi in (0, 1):
         w = (weights * np.where(dzi, frac[:, 0], 1 - frac[:, 0])
-             * np.where(dyi, frac[:, 1], 1 - frac[:, 1]) * np.where(dxi, frac[:, 2], 1 - frac[:, 2]))
+             * np.where(dyi, frac[:, 1], 1 - frac[:, 1])
+             * np.where(dxi, frac[:, 2], 1 - frac[:, 2]))
         iz, iy, ix = base[:, 0] + dzi, base[:, 1] + dyi, base[:, 2] + dxi
         ok = (iz >= 0) & (iz < nz) & (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
         np.add.at(block, (iz[ok], iy[ok], ix[ok]), w[ok].astype(np.float32))

@@ -3,12 +3,32 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
+from mammo_tf.evaluation import evaluate
 from mammo_tf.evaluation import findings
 from mammo_tf.evaluation import report
 from mammo_tf.evaluation import study_figures
-from tests.evaluation.test_evaluation_report import _results
+
+
+def _results():
+  """A results.json with all seven rows, from real `evaluate.summarize` outputs."""
+  from mammo_tf.evaluation import study
+  rng = np.random.default_rng(0)
+  rows = []
+  for row in study.ROWS:
+    per_seed = {}
+    for s in (0, 1, 2):
+      labels = np.tile([0, 1], 20)
+      per_seed[s] = evaluate.Predictions(
+          scores=rng.normal(size=40) + labels, labels=labels, label_class=labels * 3,
+          image_id=np.array([f"img{i:03d}" for i in range(40)]),
+          patient=np.array([f"pat{i // 2:03d}" for i in range(40)]))
+    rows.append(study.row_summary(row, evaluate.summarize(per_seed, bootstrap_resamples=100)))
+  return {"preset": "tiny", "seed": 0, "split": "test", "eval_seeds": [0, 1, 2],
+          "std": "population std", "ci": "patient bootstrap", "commit": "abc1234", "rows": rows,
+          "trainings": {}, "figures": {}}
 
 
 def _row(key, mean, low, high, paper):
@@ -71,7 +91,7 @@ def test_shift_sentences_with_an_undefined_level():
 
 
 def test_report_gains_the_shift_section_when_the_workdir_holds_shift_json(tmp_path):
-  results, _ = _results()
+  results = _results()
   shift = _shift([0.85, 0.83, 0.79, 0.74, 0.70], [0.85, 0.86, 0.84, 0.83, 0.82])
   md_path, _ = report.write_report(str(tmp_path), results, None)
   assert "Controlled domain shift" not in open(md_path).read()

@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from mammo_tf.data import cdf, schema
+from mammo_tf.data import cdf
+from mammo_tf.data import schema
 from mammo_tf.evaluation import evaluate as evaluate_lib
 from mammo_tf.evaluation import shift
 from mammo_tf.evaluation import study_figures

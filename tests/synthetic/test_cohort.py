@@ -13,7 +13,8 @@ from mammo_tf import config
 from mammo_tf.data import cdf
 from mammo_tf.data import manifest as manifest_lib
 from mammo_tf.io import dicom as dicom_io
-from mammo_tf.synthetic import cohort, dicom_writer
+from mammo_tf.synthetic import cohort
+from mammo_tf.synthetic import dicom_writer
 
 TINY = config.get_config("tiny").synthetic
 
@@ -85,7 +86,8 @@ def test_dicom_files_have_the_declared_classes_sizes_depths_and_tags(tiny_cohort
   manufacturers, photometrics = set(), set()
   for r in rows:
     path = os.path.join(out, r["path"])
-    files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+    files = ([path] if not os.path.isdir(path)
+             else sorted(os.path.join(path, f) for f in os.listdir(path)))
     for fp in files:
       ds = pydicom.dcmread(fp)
       sop = dicom_writer.FFDM_SOP_CLASS if r["domain"] == "ffdm" else dicom_writer.DBT_SOP_CLASS
@@ -115,7 +117,8 @@ def test_same_seed_same_bytes_any_worker_count_different_seed_differs(tiny_cohor
   again = str(tmp_path / "again")
   cohort.generate_cohort(again, TINY, seed=0, num_patients=3, workers=2)
   mine = [r for r in rows if r["patient_id"] in ("SYN00000", "SYN00001", "SYN00002")]
-  cmp = filecmp.dircmp(os.path.join(out, "dicom", "SYN00001"), os.path.join(again, "dicom", "SYN00001"))
+  cmp = filecmp.dircmp(os.path.join(out, "dicom", "SYN00001"),
+                       os.path.join(again, "dicom", "SYN00001"))
   assert cmp.left_list == cmp.right_list
   for r in mine:
     a, b = os.path.join(out, r["path"]), os.path.join(again, r["path"])
@@ -236,7 +239,8 @@ def test_single_site_cohort_has_the_same_patients_through_one_manufacturer(tiny_
   seen = set()
   for r in single_rows:
     path = os.path.join(out, r["path"])
-    first = sorted(os.path.join(path, f) for f in os.listdir(path))[0] if os.path.isdir(path) else path
+    first = (sorted(os.path.join(path, f) for f in os.listdir(path))[0]
+             if os.path.isdir(path) else path)
     ds = pydicom.dcmread(first)
     seen.add((r["domain"], ds.Manufacturer, ds.ManufacturerModelName, int(ds.BitsStored)))
   assert seen == {("ffdm", "Aurelia Medical", "Aurelia MX-3", 12),
