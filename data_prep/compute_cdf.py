@@ -13,7 +13,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 from mammo_tf import cli  # pylint: disable=g-import-not-at-top
 from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -16,8 +16,9 @@ DIR/errors.csv by manifest line and salted image hash; add --errors_with_paths t
 too), the rest converted; 2 nothing could be done (bad flag or override, missing or unusable
 manifest, no valid rows, unwritable output or disk full, no image converted), one line, no
 traceback; 3 an unexpected failure (traceback). --image_time_limit S stops any image that takes
-longer than S seconds (not cached: retried on the next run). Rerunning the same command resumes an interrupted run; the result is
-byte-identical to an uninterrupted one whatever --workers. See mammo_tf/data/convert.py.
+longer than S seconds (not cached: retried on the next run). Rerunning the same command resumes
+an interrupted run; the result is byte-identical to an uninterrupted one whatever --workers.
+See mammo_tf/data/convert.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 from mammo_tf import cli  # pylint: disable=g-import-not-at-top
 from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -11,9 +11,6 @@ out. Exit status: 0 every row used, 1 some rows skipped, 2 nothing could be buil
 
 from __future__ import annotations
 
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 

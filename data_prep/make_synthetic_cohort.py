@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags
+from absl import logging
 
 from mammo_tf import cli
 from mammo_tf import config

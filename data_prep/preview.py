@@ -8,7 +8,6 @@ matching (<domain> -> ffdm), and `<out stem>_cdf.png` with the average cumulativ
 FFDM, MIP and HM-MIP on 0..4095.
 """
 
-from absl import app
 from absl import flags
 
 from mammo_tf import cli

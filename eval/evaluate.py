@@ -13,7 +13,6 @@ ddof=1, the 95% interval, counts, ROC points) and `<out>_roc.png`.
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 

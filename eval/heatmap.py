@@ -12,7 +12,6 @@ location) and `<out>.npy` (the probability map), and prints the score.
 
 import json
 
-from absl import app
 from absl import flags
 from absl import logging
 

@@ -5,7 +5,6 @@ r"""Re-renders W/report.md and W/report.html from W/results.json (no training, n
 
 import os
 
-from absl import app
 from absl import flags
 
 from mammo_tf import cli

@@ -13,7 +13,6 @@ With ``--study runs/demo/study`` the curve and its paragraph join that study's r
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 

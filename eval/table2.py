@@ -10,7 +10,6 @@ Interrupted, rerun the same command: it picks up where it stopped.
 
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 

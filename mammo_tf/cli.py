@@ -38,7 +38,8 @@ class UserError(Exception):
 def _user_error_types() -> tuple[type, ...]:
   types: list[type] = [UserError, ValueError, OSError]
   try:
-    from absl import app, flags  # pylint: disable=g-import-not-at-top
+    from absl import app  # pylint: disable=g-import-not-at-top
+    from absl import flags  # pylint: disable=g-import-not-at-top
     types += [app.UsageError, flags.Error]
   except ImportError:  # pragma: no cover
     pass

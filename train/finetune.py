@@ -6,11 +6,9 @@
 Without --preset the config is the base run's config.json (same geometry and width).
 """
 
-from absl import app
 from absl import logging
 
 from mammo_tf import cli
-
 from train import flags as train_flags
 
 train_flags.define_common()

@@ -8,12 +8,10 @@ Defaults: argmax decisions at evaluation, frozen copies entirely frozen (BN in i
 stem frozen, one optimiser for network and policy (docs/DESIGN.md, Models).
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
 from mammo_tf import cli
-
 from train import flags as train_flags
 
 train_flags.define_common()

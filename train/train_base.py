@@ -7,11 +7,9 @@ Killed and restarted with the same command, it resumes from the last completed e
 work dir (done.json) is reused.
 """
 
-from absl import app
 from absl import logging
 
 from mammo_tf import cli
-
 from train import flags as train_flags
 
 train_flags.define_common()

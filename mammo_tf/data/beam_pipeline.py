@@ -35,12 +35,11 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from mammo_tf import config as config_lib
-from mammo_tf.data import cdf as cdf_lib
 from mammo_tf.data import convert
 from mammo_tf.data import manifest as manifest_lib
 from mammo_tf.data import schema

@@ -9,7 +9,8 @@ Two layers:
   cropped, rounded half up in integer arithmetic), computes the breast mask of the stored image on
   the ``1/cfg.data.mask_downsample`` cell grid (`masks.breast_mask`, majority rule), converts the
   finding box to stored ``(ymin, xmin, ymax, xmax)`` (clipped when partly outside; an error when
-  nothing is left), and replaces ids by salted hashes. Raises `DicomError` / `ValueError` with a reason. Beam reuses it.
+  nothing is left), and replaces ids by salted hashes. Raises `DicomError` / `ValueError` with a
+  reason. Beam reuses it.
 
 * `run_conversion(manifest, out_dir, cfg, *, seed, workers, salt)`: the batch job.
 
@@ -61,14 +62,14 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
-import time
-import errno
 import re
 import stat
+import time
 import zlib
 from typing import Any, Callable, Iterable, Sequence
 
@@ -280,6 +281,7 @@ def cdf_from_tfrecords(data_dir: str, domain: str, num: int, seed: int) -> tuple
   the sampled images, one at a time.
   """
   import glob
+
   import tensorflow as tf
   paths = sorted(glob.glob(schema.shard_pattern(data_dir, domain, "train")))
   if not paths:
@@ -794,7 +796,7 @@ def sort_results(keyed: list, metas: dict, earlier_errors: Sequence[manifest_lib
   """Step 4: converted images and rejections (same-image duplicates included), by line."""
   ok, errors = [], list(earlier_errors)
   first_of: dict[str, manifest_lib.ManifestRow] = {}
-  for row, split, key in keyed:
+  for row, _, key in keyed:
     meta = metas[key]
     if meta["status"] != "ok":
       errors.append(manifest_lib.RowError(row.given_path, meta["reason"], row.line, row.image_id))

@@ -180,7 +180,8 @@ def resolve_hm_lut(spec: str | None) -> np.ndarray | None:
   """``"src.npz,ref.npz"`` or a converter output folder (cdf_dbt -> cdf_ffdm) -> HM table."""
   if not spec:
     return None
-  from mammo_tf.data import cdf, schema  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import schema  # pylint: disable=g-import-not-at-top
   if "," in spec:
     src, ref = (s.strip() for s in spec.split(",", 1))
     return cdf.lut_from_files(src, ref)
@@ -200,7 +201,9 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
   pixels and ``peak_stored`` in stored pixels, shapes, patch size, stride, windows, hm. No
   identifiers from the DICOM are written.
   """
-  from mammo_tf.data import cdf, convert, masks  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import masks  # pylint: disable=g-import-not-at-top
   from mammo_tf.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
   domain = detect_domain(dicom_path) if domain == "auto" else domain

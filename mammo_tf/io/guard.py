@@ -12,8 +12,8 @@
   parsed as they arrive (at most `HEADER_LIMIT` bytes), which gives Rows, Columns, NumberOfFrames
   and BitsAllocated. From then on the inflated size may not pass
 
-      (offset of the pixel data value) + min(declared PixelData length,
-                                             Rows x Columns x Frames x BitsAllocated / 8 + one frame)
+      (offset of the pixel data value)
+        + min(declared PixelData length, Rows x Columns x Frames x BitsAllocated / 8 + one frame)
       + `TRAILER_LIMIT`
 
   and the file is rejected (`UnsafeInput`) as soon as it does, so a few-MB file that would inflate
@@ -295,7 +295,8 @@ def read_deflated(path, specific_tags=None):
   The data set's transfer syntax becomes Explicit VR Little Endian (what the deflated bytes are).
   """
   from pydicom import filereader  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import FileDataset, FileMetaDataset  # pylint: disable=g-import-not-at-top
+  from pydicom.dataset import FileDataset  # pylint: disable=g-import-not-at-top
+  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
   inflated = inflate_deflated(path, keep=True)
   try:
     file_meta = FileMetaDataset(filereader.read_dataset(io.BytesIO(inflated.meta.raw), False, True))

@@ -15,7 +15,9 @@ import time
 
 import numpy as np
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
+from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEGLosslessSV1
+from pydicom.uid import RLELossless
 
 from mammo_tf import config as config_lib
 from mammo_tf.data import cdf as cdf_lib
@@ -23,8 +25,8 @@ from mammo_tf.data import convert
 from mammo_tf.data import manifest as manifest_lib
 from mammo_tf.data import schema
 from mammo_tf.data import writer
-from tests import trees
 from tests import dicom_factory as fac
+from tests import trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERRIDES = ["data.num_shards=2", "data.cdf_samples_ffdm=4", "data.cdf_samples_dbt=4"]

@@ -129,7 +129,8 @@ def _deflate_bomb(template, path, inflated_bytes):
   z = zlib.compressobj(9, zlib.DEFLATED, -15)
   with open(path, "wb") as out:
     out.write(data[:meta.end])
-    out.write(z.compress(body + b"\xfc\xff\xfc\xffOB\x00\x00" + inflated_bytes.to_bytes(4, "little")))
+    trailer = b"\xfc\xff\xfc\xffOB\x00\x00" + inflated_bytes.to_bytes(4, "little")
+    out.write(z.compress(body + trailer))
     block = bytes(16 * MIB)
     for _ in range(inflated_bytes // len(block)):
       out.write(z.compress(block))
