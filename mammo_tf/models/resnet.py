@@ -71,6 +71,14 @@ class ResidualUnit(layers.Layer):
   `project`, the shortcut ``proj_conv`` (1x1, stride `strides`) + ``proj_bn``. Without projection
   the shortcut is the identity, which needs ``strides == 1`` and as many input as output channels.
 
+  The strided 1x1 projection is computed as ``x[:, ::s, ::s, :]`` followed by a unit-stride 1x1
+  convolution with the same kernel. For a 1x1 kernel with ``padding="same"`` the two are the same
+  function (no padding is ever added; output pixel ``i`` reads input pixel ``s * i``), so the weights,
+  the outputs and saved models are unchanged. The reformulation keeps oneDNN (TensorFlow's CPU
+  kernels on AVX-512 machines) off its strided 1x1 backward-weights kernel, which corrupts the heap
+  when a unit has fewer input channels than the kernel's channel block (BUILD_NOTES.md, "oneDNN
+  crash"; reproducer: ``bench/repro_onednn_crash.py``).
+
   The unit is rebuilt from ``get_config()`` alone, which is how SpotTune clones it (then copies
   the weights with ``set_weights``).
   """
@@ -92,7 +100,7 @@ class ResidualUnit(layers.Layer):
     self.conv2 = conv2d(self.filters, 3, 1, "conv2", dt)
     self.bn2 = batch_norm(self.bn_momentum, self.bn_epsilon, "bn2", dt)
     if self.project:
-      self.proj_conv = conv2d(self.filters, 1, self.strides, "proj_conv", dt)
+      self.proj_conv = conv2d(self.filters, 1, 1, "proj_conv", dt)
       self.proj_bn = batch_norm(self.bn_momentum, self.bn_epsilon, "proj_bn", dt)
     else:
       self.proj_conv = None
@@ -120,7 +128,7 @@ class ResidualUnit(layers.Layer):
     self.conv2.build(shape)
     self.bn2.build(shape)
     if self.project:
-      self.proj_conv.build(input_shape)
+      self.proj_conv.build(_subsampled_shape(input_shape, self.strides))
       self.proj_bn.build(shape)
     self.built = True
 
@@ -131,7 +139,8 @@ class ResidualUnit(layers.Layer):
     y = self.conv2(y)
     y = self.bn2(y, training=training)
     if self.project:
-      shortcut = self.proj_bn(self.proj_conv(inputs), training=training)
+      strided = inputs if self.strides == 1 else inputs[:, ::self.strides, ::self.strides, :]
+      shortcut = self.proj_bn(self.proj_conv(strided), training=training)
     else:
       shortcut = inputs
     return self.relu_out(self.add([y, shortcut]))
@@ -144,6 +153,12 @@ class ResidualUnit(layers.Layer):
     config.update(filters=self.filters, strides=self.strides, project=self.project,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
     return config
+
+
+def _subsampled_shape(shape: tuple, strides: int) -> tuple:
+  """Shape of ``x[:, ::strides, ::strides, :]`` for an NHWC shape (``None`` sides stay ``None``)."""
+  h, w = (None if n is None else ceil_div(n, strides) for n in shape[1:3])
+  return (shape[0], h, w, shape[3])
 
 
 def unit_names(model_cfg: ModelConfig | Mapping[str, Any]) -> list[str]:

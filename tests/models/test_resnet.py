@@ -67,7 +67,8 @@ def test_paper_architecture_layers_and_hyperparameters():
   for name, filters in (("stage1_unit1", 64), ("stage2_unit1", 128), ("stage3_unit1", 256)):
     unit = model.get_layer(name)
     assert (unit.filters, unit.strides, unit.project) == (filters, 2, True)
-    assert unit.proj_conv.kernel_size == (1, 1) and unit.proj_conv.strides == (2, 2)
+    # The stride-2 projection is a subsample + unit-stride 1x1 conv (see the next test).
+    assert unit.proj_conv.kernel_size == (1, 1) and unit.proj_conv.strides == (1, 1)
   for name in ("stage1_unit2", "stage2_unit4", "stage3_unit3"):
     unit = model.get_layer(name)
     assert (unit.strides, unit.project, unit.proj_conv) == (1, False, None)
@@ -186,3 +187,18 @@ def test_models_run_under_each_keras_backend(backend):
   """The classifier and SpotTune (keras.layers / keras.ops only): forced frozen gates give the
   base model's output, and a training call returns probabilities and gates, under each backend."""
   assert "BACKEND_OK" in testing.run_under_backend(BACKEND_SCRIPT, backend)
+
+
+@pytest.mark.parametrize("side", [48, 49, 50, 64])
+def test_projection_shortcut_equals_a_strided_1x1_convolution(side):
+  """The subsample + 1x1 form of the projection is Keras' own strided 1x1 'same' convolution."""
+  unit = resnet.ResidualUnit(8, strides=2, project=True)
+  x = np.random.default_rng(side).normal(size=(2, side, side, 4)).astype("float32")
+  unit(x)
+  reference = keras.layers.Conv2D(8, 1, strides=2, padding="same", use_bias=False)
+  reference.build(x.shape)
+  reference.set_weights(unit.proj_conv.get_weights())
+  expected = keras.ops.convert_to_numpy(reference(x))
+  got = keras.ops.convert_to_numpy(unit.proj_conv(x[:, ::2, ::2, :]))
+  assert got.shape == expected.shape == (2, -(-side // 2), -(-side // 2), 8)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
