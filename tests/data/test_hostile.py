@@ -441,3 +441,17 @@ def test_heatmap_refuses_tiny_flat_and_non_dicom_inputs_in_one_line(tmp_path):
     e = box.get("error")
     assert isinstance(e, ValueError) and reason in str(e) and name in str(e), (name, e)
     assert cli.exit_code(e) == 2
+
+
+def test_per_image_time_limit_stops_the_image_and_is_not_cached(tmp_path):
+  fac.write_ffdm(tmp_path / "a.dcm", _breast(30, (1536, 1280)))
+  manifest = _manifest(tmp_path / "m.csv", ["P1,E1,I1,ffdm,a.dcm,normal"])
+  out = str(tmp_path / "o")
+  report = convert.run_conversion(manifest, out, _cfg(), seed=0, salt=SALT,
+                                  image_time_limit=0.001)   # no real image converts in 1 ms
+  assert report.num_converted == 0
+  (err,) = _errors(out)
+  assert "time limit of 0.001 s per image exceeded" in err["reason"]
+  assert not [n for n in os.listdir(os.path.join(out, ".cache")) if n.endswith(".meta")]
+  report = convert.run_conversion(manifest, out, _cfg(), seed=0, salt=SALT)
+  assert report.exit_code == convert.EXIT_OK and _errors(out) == []
