@@ -186,17 +186,23 @@ def _text(values) -> np.ndarray:
 
 
 def predict_batches(predictor: Callable[[np.ndarray], np.ndarray],
-                    batches: Iterable[Mapping[str, Any]]) -> Predictions:
+                    batches: Iterable[Mapping[str, Any]], *, label: str | None = None
+                    ) -> Predictions:
   """Runs `predictor` over batched dicts ``{"patch", "label", "label_class", "image_id",
-  "patient"}`` (e.g. `make_eval_dataset(...).as_numpy_iterator()`)."""
+  "patient"}`` (e.g. `make_eval_dataset(...).as_numpy_iterator()`); with a `label`, reports
+  progress (batches, patches/s: a bar on a terminal, else periodic log lines)."""
+  from mammo_tf.training import progress  # pylint: disable=g-import-not-at-top
   parts: dict[str, list] = {k: [] for k in ("scores", "labels", "label_class", "image_id",
                                             "patient")}
+  bar = progress.Progress(label or "", enabled=label is not None)
   for batch in batches:
     parts["scores"].append(np.asarray(predictor(np.asarray(batch["patch"])), np.float64))
     parts["labels"].append(np.asarray(batch["label"]).reshape(-1).astype(np.int64))
     parts["label_class"].append(np.asarray(batch["label_class"]).reshape(-1).astype(np.int64))
     parts["image_id"].append(_text(batch["image_id"]))
     parts["patient"].append(_text(batch["patient"]))
+    bar.update(1, samples=parts["labels"][-1].size)
+  bar.close()
   if not parts["scores"]:
     raise ValueError("the evaluation dataset is empty")
   cat = {k: np.concatenate(v) for k, v in parts.items()}
@@ -280,7 +286,8 @@ def evaluate_seeds(predictor: Callable[[np.ndarray], np.ndarray], data_dir: str,
   per_seed = {}
   for seed in seeds:
     ds = pipeline.make_eval_dataset(data_dir, domain, split, cfg, int(seed), hm_lut=hm_lut)
-    per_seed[int(seed)] = predict_batches(predictor, ds.as_numpy_iterator())
+    per_seed[int(seed)] = predict_batches(predictor, ds.as_numpy_iterator(),
+                                          label=f"evaluating {domain}/{split} seed {seed}")
     if log:
       p = per_seed[int(seed)]
       auc = (metrics.roc_auc(p.labels, p.scores) if 0 < p.labels.sum() < p.labels.size

@@ -50,6 +50,7 @@ from mammo_tf.training import artifacts
 from mammo_tf.training import checkpoint
 from mammo_tf.training import export as export_lib
 from mammo_tf.training import optim
+from mammo_tf.training import progress
 from mammo_tf.training import runtime
 from mammo_tf.training import selection
 from mammo_tf.training import tensorboard
@@ -360,9 +361,12 @@ class Trainer:
   # -- epochs ----------------------------------------------------------------------------------
 
   def train_epoch(self, dataset: tf.data.Dataset, steps: int,
-                  on_first_batch: Callable[[np.ndarray, np.ndarray], None] | None = None
-                  ) -> dict[str, float]:
-    """Runs ``steps`` steps; returns mean loss, mean total loss and the training AUC."""
+                  on_first_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                  label: str = "train") -> dict[str, float]:
+    """Runs ``steps`` steps; returns mean loss, mean total loss and the training AUC.
+
+    Progress (steps, samples/s, ETA) goes to a bar on a terminal, else to a log line every 30 s.
+    """
     self.train_auc.reset_state()
     # DATA sharding: every worker builds the same (seeded) stream of global batches and keeps its
     # replicas' slices, so a multi-worker run sees exactly the batches of a single-device run.
@@ -371,6 +375,8 @@ class Trainer:
     dist = self.strategy.experimental_distribute_dataset(
         dataset.take(steps).with_options(options))
     ce_sum, total_sum, n = 0.0, 0.0, 0
+    bar = progress.Progress(label, total=steps, batch_size=self.global_batch,
+                            enabled=runtime.is_chief(self.strategy))
     for x, y in dist:
       if n == 0 and on_first_batch is not None:
         local_x = self.strategy.experimental_local_results(x)[0]
@@ -382,6 +388,8 @@ class Trainer:
       ce_sum += float(ce)
       total_sum += float(total)
       n += 1
+      bar.update()
+    bar.close()
     if n == 0:
       raise ValueError("the training dataset produced no batch")
     if self._sync_fn is not None:
@@ -392,12 +400,15 @@ class Trainer:
   def predict(self, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     """Model outputs and labels over a finite eval dataset of dicts, concatenated."""
     parts: dict[str, list[np.ndarray]] = {}
+    bar = progress.Progress("validation", enabled=runtime.is_chief(self.strategy))
     for batch in dataset:
       out = dict(self._predict_fn(batch["patch"]))
       out["label"] = batch["label"]
       out["label_class"] = batch["label_class"]
       for key, value in out.items():
         parts.setdefault(key, []).append(np.asarray(value))
+      bar.update(1, samples=int(out["label"].shape[0]))
+    bar.close()
     if not parts:
       raise ValueError("the validation dataset is empty")
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -531,7 +542,8 @@ def _run_epoch(state: _Run, epoch: int, epochs: int) -> dict[str, Any]:
       state.logger.patches("train", x, y, step=epoch)
 
   train_metrics = trainer.train_epoch(train_ds, pipeline.steps_per_epoch(cfg),
-                                      on_first_batch=log_patches)
+                                      on_first_batch=log_patches,
+                                      label=f"train epoch {epoch}/{epochs}")
   outputs = trainer.predict(state.val_ds)
   val_auc = task.selection_metric(outputs)
   record: dict[str, Any] = {"epoch": epoch, **train_metrics, "val_auc": _json_float(val_auc),
