@@ -7,7 +7,8 @@ run by the generic `loop.run`. The shortcuts `train_base(cfg, data_dir, workdir)
 work-dir layout and the resume semantics.
 """
 
-from mammo_tf.training.jobs import finetune, train_base
+from mammo_tf.training.jobs import finetune
+from mammo_tf.training.jobs import train_base
 from mammo_tf.training.loop import TrainResult
 from mammo_tf.training.spottune_train import train_spottune
 
