@@ -139,9 +139,9 @@ def load_predictor(path: str) -> Predictor:
     raise FileNotFoundError(f"{path}: no such model file")
   if not path.endswith(".keras"):
     raise ValueError(f"{path}: expected a .keras file or a SavedModel directory")
-  import keras  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import artifacts  # pylint: disable=g-import-not-at-top
   register_custom_objects()
-  model = keras.models.load_model(path, compile=False)
+  model = artifacts.load_keras_model(path, compile=False)   # truncated/corrupt: one clear line
 
   def predict(patches: np.ndarray) -> np.ndarray:
     return _to_probability(model.predict_on_batch(np.asarray(patches, np.float32)))
