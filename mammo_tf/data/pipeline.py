@@ -5,7 +5,7 @@ Training (paper §2.2-2.3, docs/DESIGN.md), built for one epoch of a run and con
   per class: an endless stream of passes; pass p reads every shard of the class once, front to
              back, in a stateless seeded order of (seed, p); epoch e is the run of that stream
              at positions [(e-1) n, e n) -> (shard, skip, take) segments -> parallel interleave
-             -> shuffle(cfg.data.shuffle_buffer, seeded by (seed, e))
+             -> each run of cfg.data.shuffle_buffer records permuted (stateless, (seed, e, run))
   choose_from_datasets([pos, neg]): exactly half of each epoch's images positive, seeded order
   zip with a counter k                                           # image index in the run
   map: decode (parallel, ordered); each decoded image handed to cfg.data.reuse patch calls
@@ -120,12 +120,25 @@ def _pass_order(seed: int, num_files: int, pass_index) -> tf.Tensor:
   return tf.argsort(keys, stable=True)
 
 
+def _window_shuffle(ds: tf.data.Dataset, window: int, seed: int, epoch) -> tf.data.Dataset:
+  """Shuffles each run of `window` consecutive elements by a stateless permutation of
+  (seed, epoch, window index). Unlike `Dataset.shuffle` it takes a tensor epoch without touching
+  the global seed (a tensor op seed next to ``tf.random.set_seed(0)`` fails to trace)."""
+  def permute(index, block):
+    keys = tf.random.stateless_uniform(
+        tf.shape(block)[:1], seed=tf.stack([tf.constant(seed, tf.int64) * 7_919 + epoch, index]),
+        minval=None, maxval=None, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices(tf.gather(block, tf.argsort(keys, stable=True)))
+  return ds.batch(window).enumerate().flat_map(permute)
+
+
 def _class_epoch(files, counts, per_epoch, cfg, seed, files_stream, shuffle_stream, deterministic):
   """epoch -> the records at positions [(epoch-1) n, epoch n) of the class's endless stream.
 
   The stream is pass after pass over every record of the class; pass p reads the shards in the
   order ``_pass_order(seed, p)``, each shard front to back. An epoch is a contiguous run of that
-  stream, cut into (shard, skip, take) segments, read by a parallel interleave and shuffled.
+  stream, cut into (shard, skip, take) segments, read by a parallel interleave and shuffled in
+  windows of ``cfg.data.shuffle_buffer`` records (`_window_shuffle`).
   """
   names = tf.constant(files)
   sizes = tf.constant(counts, tf.int64)
@@ -150,8 +163,8 @@ def _class_epoch(files, counts, per_epoch, cfg, seed, files_stream, shuffle_stre
         lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
         cycle_length=min(len(files), 8), block_length=1, num_parallel_calls=AUTOTUNE,
         deterministic=deterministic)
-    shuffle_seed = tf.cast(_stream_seed(seed, shuffle_stream), tf.int64) * 7_919 + epoch
-    return ds.shuffle(max(1, cfg.data.shuffle_buffer), seed=shuffle_seed)
+    return _window_shuffle(ds, max(1, cfg.data.shuffle_buffer), _stream_seed(seed, shuffle_stream),
+                           epoch)
 
   return fn
 
@@ -235,13 +248,13 @@ def _train_patch(cfg, seed, hm):
 
 def make_train_dataset(data_dir: str, domain: str, split: str, cfg, seed: int, *,
                        epoch: int = 1, hm_lut=None, deterministic: bool = True,
-                       band_decode: bool = True) -> tf.data.Dataset:
+                       band_decode: bool | None = None) -> tf.data.Dataset:
   """Endless class-balanced batches ``(patch float32 [B, P, P, 1] 12-bit, label float32 [B])``.
 
   With ``cfg.data.augment_on == "device"`` the elements are ``(windows dict, label)`` instead
   (`_device_train_batches`): `hm_lut` is then not applied here but by the train step's
-  `mammo_tf.models.augment_layer.DeviceAugment`, and `band_decode` (default) decodes only the
-  window's rows of raw-codec images (False: whole images, for benchmarks).
+  `mammo_tf.models.augment_layer.DeviceAugment`, and `band_decode` (None: when ``data.reuse``
+  is 1) decodes only the window's rows of raw-codec images instead of whole images.
 
   The first `steps_per_epoch(cfg)` batches are epoch `epoch`; later ones continue into the next
   epochs. The trainer rebuilds the dataset per epoch with the same `seed` and the epoch number,
