@@ -111,7 +111,19 @@ def set_determinism(seed: int, op_determinism: bool = False) -> None:
   initialisers without an explicit seed draw from; the jobs call it before building a model so that
   the initial weights are a function of the run seed. ``op_determinism`` turns on
   `tf.config.experimental.enable_op_determinism` (bit-exact reruns and resumes; slower on GPU).
+
+  TF's own global seed is then set to `tf_global_seed(seed)`, never 0: with a global seed of 0,
+  TF resolves an op seed by comparing the pair with ``(0, 0)`` in Python, which fails for a
+  tensor op seed (the training stream's per-epoch shuffle seed) inside `tf.data` functions.
+  Keras initialisers do not read TF's global seed, so the initial weights do not change.
   """
   keras.utils.set_random_seed(int(seed))
+  tf.random.set_seed(tf_global_seed(seed))
   if op_determinism:
     tf.config.experimental.enable_op_determinism()
+
+
+def tf_global_seed(seed: int) -> int:
+  """TF's global seed for run seed ``seed``: a fixed function of it, in [1, 2**31 - 1)."""
+  state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x7F5EED]).generate_state(1)
+  return int(state[0] % (2 ** 31 - 2)) + 1

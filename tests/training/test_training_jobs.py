@@ -98,6 +98,32 @@ def test_base_run_files_and_best_selection(base_run, tiny_cfg, data_dir):
   assert json.load(open(os.path.join(w, "config.json")))["train"]["epochs"] == 3
 
 
+class _ScriptedSelection(jobs.BaseTask):
+  """The base job with a scripted selection metric: the loop must follow it, not the AUC."""
+
+  def __init__(self, values):
+    self.values = list(values)
+
+  def selection_metric(self, outputs):
+    del outputs
+    return self.values.pop(0)
+
+
+def test_a_task_decides_the_selection_metric_and_the_loop_keeps_that_epoch(tiny_cfg, data_dir,
+                                                                           tmp_path):
+  result = loop.run(_ScriptedSelection([0.2, 0.9, 0.5]), tiny_cfg, data_dir,
+                    str(tmp_path / "scripted"), log_images=False)
+  assert [r["val_auc"] for r in result.history] == [0.2, 0.9, 0.5]
+  assert [r["best"] for r in result.history] == [True, True, False]
+  assert result.best_epoch == 2 and result.best_val_auc == 0.9
+  # best.keras is not the last epoch's model: the checkpoint (after epoch 3) trained on from it.
+  best = keras.models.load_model(result.paths["best"])
+  with np.load(os.path.join(result.paths["backup"], "state.npz")) as state:
+    final = [state[f"model_{i:05d}"] for i in range(len(best.variables))]
+  assert [a.shape for a in final] == [tuple(v.shape) for v in best.variables]
+  assert any(not np.array_equal(a, v.numpy()) for a, v in zip(final, best.variables))
+
+
 def test_base_run_is_reused_and_refuses_another_config(base_run, tiny_cfg, data_dir):
   again = jobs.train_base(tiny_cfg, data_dir, base_run.paths["workdir"])
   assert again.best_epoch == base_run.best_epoch and again.history == base_run.history
