@@ -15,7 +15,9 @@ the image are zeros (the transform's fill value). The window side is ``ceil(2 E)
 patches and +-30 degrees (the host-mode window is at most ``2 e + 4``).
 
 Raw-codec images need not be decoded whole: `band_from_raw` decodes only the window's rows
-(``tf.strings.substr`` of the stored bytes), a third of a 2048-row image at paper geometry.
+(``tf.strings.substr`` of the stored bytes), a third of a 2048-row image at paper geometry; used
+when ``data.reuse`` is 1 (BUILD_NOTES.md: it saves memory more than time, since reading and
+parsing the 6.8 MB record cost more than the decode, a memory copy).
 
 Per-example outputs (`cut_window`): ``window`` uint16 [S, S, 1], ``centre`` float32 [2] (patch
 centre in window coordinates, y then x), ``angle`` float32 (radians), ``flip`` float32 [2]
@@ -122,16 +124,22 @@ def window_example(ex: dict[str, tf.Tensor], seed, data_cfg) -> dict[str, tf.Ten
 
 
 def device_batches(records: tf.data.Dataset, cfg, example_seed: int, reuse_shuffle_seed: int, *,
-                   deterministic: bool = True, band_decode: bool = True) -> tf.data.Dataset:
+                   deterministic: bool = True, band_decode: bool | None = None
+                   ) -> tf.data.Dataset:
   """Batches of `device` mode from the training stream of ``(k, serialized)`` records.
 
   Mirrors the `host` pipeline stage for stage (parse, `reuse` windows per image with seeds from
   (example_seed, k, r), the same reuse shuffle, batch), so the batch order and every draw are
   those of `host` mode and ``DeviceAugment(windows)`` equals the `host` patches. Elements:
   ``({"window", "centre", "angle", "flip", "noise_seed"} batched, label float32 [B])``.
+
+  `band_decode` (raw codec): decode only each window's rows (`band_from_raw`) instead of the
+  whole image once. None picks it when ``reuse`` is 1: with several windows per image, their
+  bands together copy more bytes than one whole decode.
   """
   data_cfg = cfg.data
   reuse = max(1, int(data_cfg.reuse))
+  band_decode = reuse == 1 if band_decode is None else bool(band_decode)
   ds = records.map(lambda k, s: (k, parse_for_windows(s, band_decode)),
                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   ds = ds.flat_map(lambda k, ex: tf.data.Dataset.from_tensors((k, ex)).repeat(reuse).enumerate()

@@ -163,7 +163,8 @@ def test_device_pipeline_batches_equal_host_batches(codec_dir, reuse):
   lut = pipeline.hm_lut_for(data_dir, "dbt")
   host = _take(pipeline.make_train_dataset(data_dir, "dbt", "train", host_cfg, seed=4, epoch=2,
                                            hm_lut=lut), 3)
-  dev = _take(pipeline.make_train_dataset(data_dir, "dbt", "train", dev_cfg, seed=4, epoch=2), 3)
+  dev = _take(pipeline.make_train_dataset(data_dir, "dbt", "train", dev_cfg, seed=4, epoch=2,
+                                          band_decode=True), 3)
   full = _take(pipeline.make_train_dataset(data_dir, "dbt", "train", dev_cfg, seed=4, epoch=2,
                                            band_decode=False), 3)
   layer = augment_layer.for_config(dev_cfg.data, lut)
