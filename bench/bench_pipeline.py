@@ -36,15 +36,17 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage.transform import rotate  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from skimage.transform import rotate
 
-from mammo_tf import config  # noqa: E402
-from mammo_tf.data import patches, pipeline, schema  # noqa: E402
-from mammo_tf.models import augment_layer  # noqa: E402
-from tests import tfrecord_factory  # noqa: E402
+from mammo_tf import config
+from mammo_tf.data import patches
+from mammo_tf.data import pipeline
+from mammo_tf.data import schema
+from mammo_tf.models import augment_layer
+from tests import tfrecord_factory
 
 
 def _load():

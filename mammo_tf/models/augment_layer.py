@@ -23,8 +23,9 @@ JAX with ``KERAS_BACKEND=jax``):
 Inputs: a dict with ``window`` [B, S, S, 1] (uint16 or float), ``centre`` float32 [B, 2] (y, x in
 window pixels), ``angle`` float32 [B] (radians), ``flip`` float32 [B, 2] (h, v; 1 = flip) and
 ``noise_seed`` int64 [B, 2] (the dtype of `mammo_tf.data.augment.split_seed`). Output: float32
-[B, P, P, 1] patches in 12-bit units, what the `host` pipeline would have produced. The layer has no trainable weights and is not part of the saved
-or exported model: evaluation and serving take plain patches.
+[B, P, P, 1] patches in 12-bit units, what the `host` pipeline would have produced. The layer has
+no trainable weights and is not part of the saved or exported model: evaluation and serving take
+plain patches.
 """
 
 from __future__ import annotations
