@@ -23,13 +23,12 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mammo_tf import config as config_lib
 from mammo_tf.data import convert
 from mammo_tf.data import writer
-from tests import trees
 from tests import dicom_factory as fac
+from tests import trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERRIDES = ["data.num_shards=2", "data.cdf_samples_ffdm=4", "data.cdf_samples_dbt=4"]

@@ -27,10 +27,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 if _REPO not in sys.path:
   sys.path.insert(0, _REPO)
 
-import pydicom  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pydicom.uid import RLELossless  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pydicom  # noqa: E402  (runnable as a script: the repo goes on sys.path first)
+from pydicom.uid import RLELossless  # noqa: E402
 
-from tests import dicom_factory as fac  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import dicom_factory as fac  # noqa: E402
 
 SHAPE = (96, 80)
 HEADER = ("patient_id,exam_id,image_id,domain,path,label,laterality,view,roi_x,roi_y,roi_w,"
