@@ -57,14 +57,14 @@ def _epoch_current(data_dir, cfg, seed, epoch):
 def _epoch_before(data_dir, cfg, seed, epoch):
   """The older trainer's epoch: streams rebuilt from epoch_seed(seed, epoch), 0.5/0.5 sampling."""
   from mammo_tf.training import runtime  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access
   s = runtime.epoch_seed(seed, epoch)
   p = pipeline
-  streams = [p._class_stream(p._shard_files(data_dir, "ffdm", "train", pos), cfg, s,  # pylint: disable=protected-access
-                             fs, ss, True)
-             for pos, fs, ss in ((True, p._FILES_POS, p._SHUFFLE_POS),  # pylint: disable=protected-access
-                                 (False, p._FILES_NEG, p._SHUFFLE_NEG))]  # pylint: disable=protected-access
+  streams = [p._class_stream(p._shard_files(data_dir, "ffdm", "train", pos), cfg, s, fs, ss, True)
+             for pos, fs, ss in ((True, p._FILES_POS, p._SHUFFLE_POS),
+                                 (False, p._FILES_NEG, p._SHUFFLE_NEG))]
   ds = tf.data.Dataset.sample_from_datasets(streams, weights=[0.5, 0.5],
-                                            seed=p._stream_seed(s, p._SAMPLE))  # pylint: disable=protected-access
+                                            seed=p._stream_seed(s, p._SAMPLE))
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
   return _ids(ds, pipeline.steps_per_epoch(cfg) * cfg.data.batch_size)
 

@@ -1,7 +1,8 @@
 """A converter-layout training set of many tiny images, for coverage tests and bench_coverage.
 
 The shards are planned and written by the converter's own writer (`writer.shard_counts`,
-`writer.plan_shards`, `writer.write_all`): ``<out>/<domain>/train-<pos|neg>-NNNNN-of-MMMMM.tfrecord``
+`writer.plan_shards`, `writer.write_all`):
+``<out>/<domain>/train-<pos|neg>-NNNNN-of-MMMMM.tfrecord``
 sized by ``shard_size_mb``, records sorted by image hash inside a shard. Images are 8 x 8 (stored)
 so that tens of thousands of records take seconds to write and to read.
 """

@@ -4,7 +4,8 @@ A paper epoch is 1,250 steps (40,000 samples of 32), several minutes on a GPU: w
 run says nothing between two epoch lines. `Progress` counts steps (and samples) and reports
 
 * on a terminal (the stream is a TTY): one progress bar redrawn in place, at most 5 times a
-  second, e.g. ``train epoch 3/100 [#######.............] 448/1250 steps 2,310 samples/s ETA 0:00:11``;
+  second, e.g.
+  ``train epoch 3/100 [#######.............] 448/1250 steps 2,310 samples/s ETA 0:00:11``;
 * otherwise (logs, batch jobs, CI): one log line every `log_seconds` (and one at the end), so log
   files stay small: ``train epoch 3/100: 448/1250 steps, 2,310 samples/s, ETA 0:00:11``.
 

@@ -1,4 +1,4 @@
-"""Patient split with scarce DBT: each domain's val and test get both classes when the data allows."""
+"""Patient split with scarce DBT: each domain's val and test get both classes when data allows."""
 import collections
 
 from mammo_tf.data import manifest
