@@ -161,7 +161,7 @@ def convert_image(row: manifest_lib.ManifestRow, split: str, cfg: config_lib.Exp
                   salt: bytes) -> dict[str, Any]:
   """One manifest row -> a record for `schema.encode_example` (see the module docstring)."""
   data = cfg.data
-  guard.check_input(row.path, row.domain)
+  guard.check_input(row.path, row.domain, inflate=False)   # the reader bounds deflated files
   image, meta = dicom.read_image(row.path, row.domain, intensity=data.intensity,
                                  voi_index=data.voi_index, apply_voi_lut=data.apply_voi_lut)
   if row.rotate == 180:  # the manifest's `rotate`: into the frame the box was drawn in
@@ -439,8 +439,8 @@ def _sop_uid(path: str) -> str:
   try:
     if not stat.S_ISREG(os.stat(path).st_mode):
       return ""
-    if guard.is_deflated(path):
-      header = guard.inflate_deflated(path, keep=False).header
+    if guard.is_deflated(path):   # the elements before the pixel data only
+      header = guard.inflate_deflated(path, keep=False, header_only=True).header
     else:
       import pydicom  # pylint: disable=g-import-not-at-top
       header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])

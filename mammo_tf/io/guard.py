@@ -45,6 +45,8 @@ _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
 _META_LIMIT = 1 << 20
+# The only elements parsed while inflating (the size bound and duplicate detection need them).
+_BOUND_TAGS = ("Rows", "Columns", "NumberOfFrames", "BitsAllocated", "SOPInstanceUID")
 
 
 class UnsafeInput(ValueError):
@@ -243,13 +245,18 @@ def _declared_bytes(path, header) -> tuple[int, int] | None:
   return frame * frames, frame
 
 
-def inflate_deflated(path, *, keep: bool = True, header_limit: int = HEADER_LIMIT) -> Inflated:
+def inflate_deflated(path, *, keep: bool = True, header_limit: int = HEADER_LIMIT,
+                     header_only: bool = False) -> Inflated:
   """Inflates a Deflated Explicit VR Little Endian file within the header's bound (see above).
+
+  ``header_only``: stop at the pixel data element (``data`` None; the header's few tags only).
 
   Raises `UnsafeInput` when the file is not in that syntax, is corrupt, or inflates past the
   bound; `MemoryError` / `OSError` of this machine propagate.
   """
   from pydicom import filereader  # pylint: disable=g-import-not-at-top
+  from pydicom.tag import Tag  # pylint: disable=g-import-not-at-top
+  require_regular_file(path, "input")
   with open(path, "rb") as f:
     meta = read_file_meta(f, path)
     if meta is None or meta.transfer_syntax != DEFLATED_UID:
@@ -257,7 +264,8 @@ def inflate_deflated(path, *, keep: bool = True, header_limit: int = HEADER_LIMI
     stream = _Inflater(f, path, header_limit)
     try:
       header = filereader.read_dataset(stream, False, True,
-                                       stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+                                       stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS,
+                                       specific_tags=[Tag(k) for k in _BOUND_TAGS])
     except UnsafeInput:
       raise
     except (MemoryError, OSError):
@@ -279,6 +287,8 @@ def inflate_deflated(path, *, keep: bool = True, header_limit: int = HEADER_LIMI
                                   f"need {total}; refused")
       limit = start + 12 + length + TRAILER_LIMIT
     stream.limit = max(limit, stream.total)
+    if header_only:
+      return Inflated(meta=meta, header=header, data=None, size=stream.total, limit=stream.limit)
     if keep:
       stream.drain(True)
       data = bytes(stream.buf)
@@ -297,11 +307,12 @@ def read_deflated(path, specific_tags=None):
   from pydicom import filereader  # pylint: disable=g-import-not-at-top
   from pydicom.dataset import FileDataset  # pylint: disable=g-import-not-at-top
   from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
+  from pydicom.tag import Tag  # pylint: disable=g-import-not-at-top
   inflated = inflate_deflated(path, keep=True)
+  tags = None if specific_tags is None else [Tag(t) for t in specific_tags]
   try:
     file_meta = FileMetaDataset(filereader.read_dataset(io.BytesIO(inflated.meta.raw), False, True))
-    ds = filereader.read_dataset(io.BytesIO(inflated.data), False, True,
-                                 specific_tags=specific_tags)
+    ds = filereader.read_dataset(io.BytesIO(inflated.data), False, True, specific_tags=tags)
   except (MemoryError, OSError):
     raise
   except Exception as e:  # pylint: disable=broad-except

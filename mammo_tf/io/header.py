@@ -23,8 +23,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder, iter_pixels
+from pydicom.pixels import get_decoder
+from pydicom.pixels import iter_pixels
 from pydicom.uid import UID
+
+from mammo_tf.io import guard
 
 # A decoded frame larger than this is refused before decoding (a 4096 x 3328 16-bit FFDM is 27 MB).
 MAX_FRAME_BYTES = 1 << 30
@@ -147,14 +150,25 @@ class Header:
 
 
 def open_file(path) -> BinaryIO:
-  """Opens an input file for binary reading: the single place where input files are opened."""
+  """Opens an input file for binary reading: the single place where input files are opened.
+
+  Only a regular file is opened: ``os.stat`` first (`guard.require_regular_file`), so a FIFO or a
+  device is refused instead of blocking in ``open()`` or reading without end.
+  """
+  try:
+    guard.require_regular_file(path, "input")
+  except guard.UnsafeInput as e:
+    fail(path, e.reason)
   return open(path, "rb")  # pylint: disable=consider-using-with
 
 
 def _read_deflated(path: Path) -> Dataset:
+  """The whole data set of a deflated file, inflated once within the size its header declares
+  (`guard.read_deflated`: a deflate bomb is refused as soon as it passes that size)."""
   try:
-    with open_file(path) as f:
-      return pydicom.dcmread(f, specific_tags=HEADER_TAGS + list(PIXEL_TAGS.values()))
+    return guard.read_deflated(path, specific_tags=HEADER_TAGS + list(PIXEL_TAGS.values()))
+  except guard.UnsafeInput as e:
+    fail(path, e.reason)
   except OSError as e:
     fail(path, f"cannot read file ({e.strerror or type(e).__name__})")
   except Exception as e:
@@ -205,6 +219,11 @@ def open_dataset(path) -> Header:
       head = f.read(132)
       if len(head) < 132 or head[128:132] != b"DICM":
         fail(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
+      if guard.is_deflated(path):   # never let pydicom inflate it whole, unbounded
+        in_memory = _read_deflated(path)
+        tag = next((t for t in PIXEL_TAGS if t in in_memory), None)
+        length = len(in_memory[tag].value or b"") if tag is not None else None
+        return Header(in_memory, UID(guard.DEFLATED_UID), tag, length, -1, in_memory)
       f.seek(0)
       try:
         ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=HEADER_TAGS)

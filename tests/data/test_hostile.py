@@ -172,6 +172,13 @@ def test_guard_bounds_inflation_by_the_declared_size(tmp_path):
   os.mkfifo(tmp_path / "fifo")
   with pytest.raises(guard.UnsafeInput, match="FIFO"):
     guard.check_input(str(tmp_path / "fifo"), "ffdm")
+  # The reader's one open function and its deflated path go through the guard too.
+  from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
+  for bad, reason in ((tmp_path / "fifo", "FIFO"), (bomb, "inflates past")):
+    box = _in_thread(lambda bad=bad: dicom.read_ffdm(str(bad)))
+    assert isinstance(box.get("error"), dicom.DicomError) and reason in str(box["error"])
+  image, _ = dicom.read_ffdm(str(p))
+  assert image.shape == (64, 48)
 
 
 def test_memory_error_is_not_cached_and_a_rerun_converts(small, tmp_path):
