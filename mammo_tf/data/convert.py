@@ -33,10 +33,11 @@ Two layers:
 
 Hostile inputs and faults:
 
-* Inputs: `mammo_tf.io.guard.check_input` runs before the reader: only regular files (or DBT slice
-  directories) are opened (a FIFO or device is refused by ``os.stat``), and a deflated file is
-  inflated as a stream within the size its header declares (a "deflate bomb" is refused early).
-  The manifest itself must be a regular file.
+* Inputs: only regular files (or DBT slice directories) are opened: `mammo_tf.io.guard` checks
+  ``os.stat`` before any ``open`` (here for the manifest and each input, and in the reader's one
+  open function), so a FIFO or a device is refused instead of blocking. The reader inflates a
+  deflated file once, as a stream, within the size its header declares (a "deflate bomb" is
+  refused as soon as it passes that size).
 * Duplicates: the same file (same device and inode, so ``./`` variants, symbolic and hard links)
   on a later row, or the same image (same SOPInstanceUID, or same stored pixels when the UID is
   missing) is rejected as "duplicate of line N"; the first row is kept. When the two rows carry
