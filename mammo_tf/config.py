@@ -215,9 +215,10 @@ def _tiny() -> ExperimentConfig:
     python -m data_prep.convert --manifest T/cohort/manifest.csv --out T/data --preset tiny
     python -m eval.table2 --data T/data --workdir T/study --preset tiny
 
-  Run time: seconds per step; the three commands take a few minutes on 2 CPU cores. Expected
-  result: every file of a real run (shards, c.d.f.s, work dirs, exports, report); the AUCs are
-  near chance and mean nothing (a few dozen images, 64 training patches).
+  Run time: 27 s, 163 s (``--workers 2``) and 265 s, measured on a 2-core machine shared with
+  other jobs. Expected result: every file of a real run (shards, c.d.f.s, five work dirs,
+  exports, report) and a Table 2 whose AUCs mean nothing: 16 patients, 64 training patches, a
+  handful of test images (measured: 0.80 ± 0.08 FFDM -> FFDM, 0.58-0.75 on MIP).
   """
   return ExperimentConfig(
       name="tiny",
