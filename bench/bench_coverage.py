@@ -37,7 +37,8 @@ sys.path.insert(0, os.environ.get("MAMMO_TF_SRC", _REPO))
 import tensorflow as tf  # noqa: E402
 
 from mammo_tf import config  # noqa: E402
-from mammo_tf.data import pipeline, schema  # noqa: E402
+from mammo_tf.data import pipeline  # noqa: E402
+from mammo_tf.data import schema  # noqa: E402
 
 _MARKER = "coverage_layout.done"
 

@@ -6,7 +6,6 @@ epochs rebuilt from (seed, epoch) must continue the stream exactly.
 """
 import collections
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
