@@ -22,11 +22,16 @@ def define_common() -> None:
   flags.DEFINE_string("data", None, "Converter output folder (TFRecords, cdf_*.npz).")
   flags.DEFINE_string("workdir", None, "Work dir of this run (resumed when it exists).")
   flags.DEFINE_string("preset", None, "Config preset: tiny | demo | paper.")
+  flags.DEFINE_string("config", None, "A config.json to start from instead of --preset (as "
+                      "written beside every run; eval.table2 passes its own this way).")
   flags.DEFINE_integer("seed", None, "Run seed (weights, data order, augmentation, Gumbel noise).")
   flags.DEFINE_multi_string("override", [], "Config override section.field=value (repeatable).")
   flags.DEFINE_integer("epochs", None, "Number of epochs of this job (overrides the config).")
   flags.DEFINE_boolean("mixed_precision", None, "mixed_bfloat16 compute (train.mixed_precision).")
   flags.DEFINE_boolean("xla", None, "Compile the train/predict steps with XLA (train.xla).")
+  flags.DEFINE_enum("augment_on", None, ["host", "device"],
+                    "Where augmentation and HM run (data.augment_on): host = in tf.data, device = "
+                    "in the train step on the accelerator.")
   flags.DEFINE_enum("strategy", None, ["auto", "default", "mirrored", "multi_worker"],
                     "tf.distribute strategy (train.strategy; multi_worker reads TF_CONFIG).")
   flags.DEFINE_boolean("decoupled_weight_decay", None,
@@ -51,7 +56,7 @@ def overrides(epochs_field: str) -> list[str]:
   if FLAGS.seed is not None:
     out.append(f"seed={FLAGS.seed}")
   shortcuts = {"epochs": f"train.{epochs_field}", "mixed_precision": "train.mixed_precision",
-               "xla": "train.xla", "strategy": "train.strategy",
+               "xla": "train.xla", "augment_on": "data.augment_on", "strategy": "train.strategy",
                "decoupled_weight_decay": "train.decoupled_weight_decay",
                "early_stopping_patience": "train.early_stopping_patience"}
   for flag, key in shortcuts.items():
@@ -63,9 +68,14 @@ def overrides(epochs_field: str) -> list[str]:
 
 def resolve_config(epochs_field: str, extra: list[str] | None = None,
                    base_path: str | None = None) -> config_lib.ExperimentConfig:
-  """The run's config: ``--preset`` (else the base run's ``config.json``, else ``paper``) with
+  """The run's config: ``--config`` or ``--preset`` (else the base run's ``config.json``, else ``paper``) with
   the shortcut flags, `extra` and ``--override`` applied."""
   all_overrides = (extra or []) + overrides(epochs_field)
+  if FLAGS.config:
+    if FLAGS.preset:
+      raise ValueError("give --config or --preset, not both")
+    with open(FLAGS.config, encoding="utf-8") as f:
+      return config_lib.override(config_lib.from_json(f.read()), all_overrides)
   if FLAGS.preset:
     return config_lib.get_config(FLAGS.preset, all_overrides)
   if base_path:

@@ -42,7 +42,9 @@ from absl import logging
 import numpy as np
 
 from mammo_tf import config as config_lib
+from mammo_tf.data import fingerprint
 from mammo_tf.evaluation import evaluate as evaluate_lib
+from mammo_tf.evaluation import training_runs
 from mammo_tf.io import files
 
 RUNS = ("base", "finetune", "finetune_hm", "spottune", "spottune_hm")
@@ -159,31 +161,9 @@ def _config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str 
 
 
 def data_fingerprint(data_dir: str) -> str:
-  """A short hash of a converter output folder: its c.d.f.s, summary and shard contents.
-
-  Shard contents are taken from the converter's per-shard content digests
-  (``.cache/shards/<domain>/*.digest``) when present, else from each shard's name and size.
-  Reconverting the data (new cohort, new salt, new config) changes it.
-  """
-  h = hashlib.sha256()
-  for name in ("summary.json", "cdf_ffdm.npz", "cdf_dbt.npz"):
-    path = os.path.join(data_dir, name)
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
-  for domain in config_lib.DOMAINS:
-    shard_dir = os.path.join(data_dir, domain)
-    if not os.path.isdir(shard_dir):
-      continue
-    for name in sorted(os.listdir(shard_dir)):
-      digest = os.path.join(data_dir, ".cache", "shards", domain, name + ".digest")
-      if os.path.exists(digest):
-        with open(digest, "rb") as f:
-          h.update(f"{domain}/{name}".encode() + b"\0" + f.read().strip())
-      else:
-        size = os.path.getsize(os.path.join(shard_dir, name))
-        h.update(f"{domain}/{name}\0{size}".encode())
-  return h.hexdigest()[:16]
+  """The converter output's content fingerprint (`mammo_tf.data.fingerprint`): its shards' bytes,
+  c.d.f. arrays and summary; never modification times, cache keys or worker counts."""
+  return fingerprint.data_fingerprint(data_dir)
 
 
 def check_study_config(cfg: config_lib.ExperimentConfig, workdir: str,
@@ -239,31 +219,49 @@ def base_model_path(workdir: str) -> str:
 
 def ensure_trainings(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
                      trainers: Trainers, runs: Sequence[str] = RUNS) -> list[str]:
-  """Runs every training in `runs` whose work dir has no done.json; returns those it ran."""
-  ran = []
+  """Runs every training in `runs` whose work dir has no done.json; returns those it ran.
+
+  A training that fails (`training_runs.TrainingFailed`: a crash of its process) is logged and
+  the others go on (those needing the base model are skipped when it failed); then
+  `training_runs.TrainingsFailed` names every failure. Whatever finished stays on disk.
+  """
+  ran, failed = [], []
   base = base_model_path(workdir)
   for run in runs:
     directory = run_dir(workdir, run)
     if is_done(directory):
       logging.info("training %-12s complete, reused (%s)", run, directory)
       continue
+    if run != "base" and not is_done(run_dir(workdir, "base")):
+      if failed:
+        logging.error("training %-12s skipped: it needs the base model", run)
+        continue
+      raise RuntimeError(f"{run} needs the base model, but {run_dir(workdir, 'base')} is "
+                         "not complete")
     logging.info("training %-12s starting in %s", run, directory)
-    if run == "base":
-      trainers.train_base(cfg, data_dir, directory)
-    else:
-      if not is_done(run_dir(workdir, "base")):
-        raise RuntimeError(f"{run} needs the base model, but {run_dir(workdir, 'base')} is "
-                           "not complete")
-      hm = run.endswith("_hm")
-      if run.startswith("finetune"):
-        trainers.finetune(cfg, data_dir, base, directory, hm)
-      else:
-        trainers.train_spottune(cfg, data_dir, base, directory, hm)
+    try:
+      _train(run, cfg, data_dir, directory, base, trainers)
+    except training_runs.TrainingFailed as e:
+      logging.error("%s", e)
+      failed.append(e)
+      continue
     if not is_done(directory):
       raise RuntimeError(f"training {run} returned without writing {DONE_FILE} in {directory}")
     logging.info("training %-12s done", run)
     ran.append(run)
+  if failed:
+    raise training_runs.TrainingsFailed(failed)
   return ran
+
+
+def _train(run: str, cfg: config_lib.ExperimentConfig, data_dir: str, directory: str, base: str,
+           trainers: Trainers) -> None:
+  if run == "base":
+    trainers.train_base(cfg, data_dir, directory)
+  elif run.startswith("finetune"):
+    trainers.finetune(cfg, data_dir, base, directory, run.endswith("_hm"))
+  else:
+    trainers.train_spottune(cfg, data_dir, base, directory, run.endswith("_hm"))
 
 
 def training_summary(workdir: str) -> dict[str, Any]:
