@@ -68,8 +68,8 @@ def overrides(epochs_field: str) -> list[str]:
 
 def resolve_config(epochs_field: str, extra: list[str] | None = None,
                    base_path: str | None = None) -> config_lib.ExperimentConfig:
-  """The run's config: ``--config`` or ``--preset`` (else the base run's ``config.json``, else ``paper``) with
-  the shortcut flags, `extra` and ``--override`` applied."""
+  """The run's config: ``--config`` or ``--preset`` (else the base run's ``config.json``, else
+  ``paper``) with the shortcut flags, `extra` and ``--override`` applied."""
   all_overrides = (extra or []) + overrides(epochs_field)
   if FLAGS.config:
     if FLAGS.preset:

@@ -38,8 +38,8 @@ import os
 import subprocess
 from typing import Any, Callable, Mapping, Sequence
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from mammo_tf import config as config_lib
 from mammo_tf.data import fingerprint
@@ -405,6 +405,7 @@ def sample_patch_figure(data_dir: str, cfg: config_lib.ExperimentConfig, path: s
                         num: int = 6, seed: int = 0) -> str:
   """Paper Fig. 1: un-augmented training patches, rows FFDM, MIP and MIP with HM."""
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   from mammo_tf.data import figures as data_figures  # pylint: disable=g-import-not-at-top
   from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
   ffdm = data_figures.sample_patches(data_dir, "ffdm", cfg, num=num, seed=seed)
@@ -433,6 +434,7 @@ def sample_patch_figure(data_dir: str, cfg: config_lib.ExperimentConfig, path: s
 def cumulative_histogram_figure(data_dir: str, path: str) -> str:
   """Paper Fig. 2: average cumulative histograms of FFDM, MIP and HM-MIP (from cdf_*.npz)."""
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
   from mammo_tf.data import figures as data_figures  # pylint: disable=g-import-not-at-top
   from mammo_tf.data import schema  # pylint: disable=g-import-not-at-top

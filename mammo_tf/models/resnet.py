@@ -73,10 +73,10 @@ class ResidualUnit(layers.Layer):
 
   The strided 1x1 projection is computed as ``x[:, ::s, ::s, :]`` followed by a unit-stride 1x1
   convolution with the same kernel. For a 1x1 kernel with ``padding="same"`` the two are the same
-  function (no padding is ever added; output pixel ``i`` reads input pixel ``s * i``), so the weights,
-  the outputs and saved models are unchanged. The reformulation keeps oneDNN (TensorFlow's CPU
-  kernels on AVX-512 machines) off its strided 1x1 backward-weights kernel, which corrupts the heap
-  when a unit has fewer input channels than the kernel's channel block (BUILD_NOTES.md, "oneDNN
+  function (no padding is ever added; output pixel ``i`` reads input pixel ``s * i``), so the
+  weights, the outputs and saved models are unchanged. The reformulation keeps oneDNN
+  (TensorFlow's CPU kernels on AVX-512 machines) off its strided 1x1 backward-weights kernel, which
+  corrupts the heap when a unit has fewer input channels than the kernel's channel block (BUILD_NOTES.md, "oneDNN
   crash"; reproducer: ``bench/repro_onednn_crash.py``).
 
   The unit is rebuilt from ``get_config()`` alone, which is how SpotTune clones it (then copies
