@@ -76,8 +76,8 @@ class ResidualUnit(layers.Layer):
   function (no padding is ever added; output pixel ``i`` reads input pixel ``s * i``), so the
   weights, the outputs and saved models are unchanged. The reformulation keeps oneDNN
   (TensorFlow's CPU kernels on AVX-512 machines) off its strided 1x1 backward-weights kernel, which
-  corrupts the heap when a unit has fewer input channels than the kernel's channel block (BUILD_NOTES.md, "oneDNN
-  crash"; reproducer: ``bench/repro_onednn_crash.py``).
+  corrupts the heap when a unit has fewer input channels than the kernel's channel block
+  (BUILD_NOTES.md, "oneDNN crash"; reproducer: ``bench/repro_onednn_crash.py``).
 
   The unit is rebuilt from ``get_config()`` alone, which is how SpotTune clones it (then copies
   the weights with ``set_weights``).
