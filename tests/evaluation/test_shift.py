@@ -144,3 +144,24 @@ def test_shift_config_is_single_site_ffdm_only_and_overrides_win():
   assert cfg.synthetic.vendors == "single" and cfg.synthetic.dbt_share == 0.0
   assert cfg.synthetic.dbt_only_share == 0.0 and cfg.data.split_fractions == (0.5, 0.25, 0.25)
   assert cfg.synthetic.num_patients == 320 and cfg.train.epochs == 40   # the demo's sizes
+
+
+@pytest.mark.slow
+def test_attach_to_study_adds_the_shift_section_to_its_report(shift_run, tmp_path):
+  from tests.evaluation.test_findings import _results
+  _, workdir, result = shift_run
+  study_dir = tmp_path / "study"
+  with pytest.raises(ValueError, match="no finished study"):
+    shift.attach_to_study(workdir, str(study_dir))
+  os.makedirs(study_dir)
+  results = dict(_results(), data_dir=os.path.join(workdir, "data"))   # Table 1 from its summary
+  with open(study_dir / names.RESULTS_FILE, "w") as f:
+    json.dump(results, f)
+  md_path, _ = shift.attach_to_study(workdir, str(study_dir))
+  md = open(md_path).read()
+  assert "## Controlled domain shift" in md and "](figures/shift.png)" in md
+  assert "## Data (Table 1)" in md and "| FFDM |" in md
+  for j, d in enumerate(result["distance"]):
+    assert f"| {j} | {FACTORS[j]:g} | {d:.3f} |" in md
+  with open(study_dir / names.SHIFT_JSON) as f:
+    assert json.load(f) == result
