@@ -34,10 +34,10 @@ import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 from absl import logging
 
 from mammo_tf import config as config_lib
+from mammo_tf.evaluation import run_records
 from mammo_tf.io import files
 from mammo_tf.io import workdir_names as names
 
@@ -208,18 +208,8 @@ def evaluate_level(cfg: config_lib.ExperimentConfig, layout: Layout, j: int, fac
                                          bootstrap_seed=cfg.seed)
     out[method] = {k: result[k] for k in ("aucs", "mean", "std", "ci", "n_images", "n_patients",
                                           "n_positive", "n_negative", "note")}
-  files.atomic_write_json(path, _json_safe(out), indent=1, allow_nan=False)
+  files.atomic_write_json(path, run_records.json_safe(out), indent=1, allow_nan=False)
   return _read_json(path)
-
-
-def _json_safe(obj: Any) -> Any:
-  if isinstance(obj, float):
-    return obj if np.isfinite(obj) else None
-  if isinstance(obj, Mapping):
-    return {k: _json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
-  return obj
 
 
 def summarize_levels(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -274,8 +264,7 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
       loaded["model"] = evaluate_lib.load_predictor(os.path.join(layout.base, names.MODEL_FILE))
     return loaded["model"]
 
-  from mammo_tf.evaluation import study
-  stamp = study.model_stamp(layout.base)
+  stamp = run_records.model_stamp(layout.base)
   levels = []
   for j, factor in enumerate(factors):
     level_manifest = ensure_cohort(cfg, layout.level(j, "cohort"), workers=workers,
@@ -292,7 +281,7 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
                 distance_measure="Kolmogorov distance between the level's average c.d.f. "
                                  "(validation patients) and the training c.d.f.",
                 auc="patch-level ROC AUC on the test patients, mean over the eval seeds")
-  files.atomic_write_json(layout.path(names.SHIFT_JSON), _json_safe(result), indent=1,
+  files.atomic_write_json(layout.path(names.SHIFT_JSON), run_records.json_safe(result), indent=1,
                           allow_nan=False)
   study_figures.shift_figure(result, layout.path(names.SHIFT_FIGURE))
   return _read_json(layout.path(names.SHIFT_JSON))

@@ -1,13 +1,24 @@
-"""Figures of the studies: the domain-shift curve (and, beside it, Table 2's figures).
+"""Figures of the studies: Table 2's (paper Figs. 1-3, ROC curves) and the domain-shift curve.
 
-Each function draws one PNG with matplotlib's Agg backend, chosen where the figure is drawn.
+They sit beside `mammo_tf.data.figures`, whose patch grid and c.d.f. plots they reuse. Each
+function writes one PNG with matplotlib's Agg backend, chosen where the figure is drawn.
+`make_figures` writes what the report links; a figure that fails is logged and left out, it
+never stops a study.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import os
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from absl import logging
+
+from mammo_tf import config as config_lib
+from mammo_tf.evaluation import run_records
+from mammo_tf.evaluation.rows import ROWS
+from mammo_tf.evaluation.rows import Row
+from mammo_tf.io import workdir_names as names
 
 
 def _pyplot():
@@ -48,3 +59,124 @@ def shift_figure(shift: Mapping[str, Any], path: str) -> str:
   finally:
     plt.close(fig)
   return path
+
+
+def _figure(workdir: str, name: str, make: Callable[[str], Any], *, force: bool = False
+            ) -> str | None:
+  """Makes figures/<name> unless it exists; returns its path relative to `workdir` or None."""
+  rel = os.path.join(names.FIGURES_DIR, name)
+  path = os.path.join(workdir, rel)
+  if os.path.exists(path) and not force:
+    return rel
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    make(path)
+  except Exception as e:  # a figure never stops the study
+    logging.warning("figure %s failed: %s: %s", name, type(e).__name__, e)
+    return None
+  if not os.path.exists(path):
+    logging.warning("figure %s was not written", name)
+    return None
+  logging.info("figure %s written", rel)
+  return rel
+
+
+def make_figures(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str,
+                 results: Mapping[str, Mapping[str, Any]], *, refresh_roc: Sequence[str] = (),
+                 rows: Sequence[Row] = ROWS) -> dict[str, str]:
+  """Writes the report's figures; returns {figure key: path relative to workdir}."""
+  figures: dict[str, str] = {}
+
+  def add(key, name, make, force=False):
+    rel = _figure(workdir, name, make, force=force)
+    if rel:
+      figures[key] = rel
+
+  results = {k: v for k, v in results.items() if v.get("roc")}   # rows with a defined AUC
+  _roc_figures(results, rows, refresh_roc, add)
+  add("sample_patches", "sample_patches.png", lambda p: sample_patch_figure(data_dir, cfg, p))
+  add("cumulative_histograms", "cumulative_histograms.png",
+      lambda p: cumulative_histogram_figure(data_dir, p))
+  _policy_figures(workdir, add)
+  return figures
+
+
+def _roc_figures(results: Mapping[str, Mapping[str, Any]], rows: Sequence[Row],
+                 refresh_roc: Sequence[str], add: Callable[..., None]) -> None:
+  """One ROC figure per row, and one per test domain (MIP, MIP with HM) with every procedure."""
+  from mammo_tf.evaluation import evaluate as evaluate_lib
+  for row in rows:
+    if row.key in results:
+      add(f"roc_{row.key}", f"roc_{row.key}.png",
+          lambda p, r=row: evaluate_lib.plot_roc_curves([(r.procedure, results[r.key])], p,
+                                                        title=r.label),
+          force=row.key in refresh_roc)
+  for name, keys in (("roc_mip.png", [r for r in rows if r.domain == "dbt" and not r.hm]),
+                     ("roc_hm.png", [r for r in rows if r.hm])):
+    present = [r for r in keys if r.key in results]
+    if present:
+      add(name[:-4], name,
+          lambda p, rs=present: evaluate_lib.plot_roc_curves(
+              [(r.procedure, results[r.key]) for r in rs], p,
+              title=f"FFDM -> {rs[0].test_data}"),
+          force=any(r.key in refresh_roc for r in present))
+
+
+def sample_patch_figure(data_dir: str, cfg: config_lib.ExperimentConfig, path: str, *,
+                        num: int = 6, seed: int = 0) -> str:
+  """Paper Fig. 1: un-augmented training patches, rows FFDM, MIP and MIP with HM."""
+  from mammo_tf.data import figures as data_figures
+  from mammo_tf.data import pipeline
+  plt = _pyplot()
+  ffdm = data_figures.sample_patches(data_dir, "ffdm", cfg, num=num, seed=seed)
+  mip = data_figures.sample_patches(data_dir, "dbt", cfg, num=num, seed=seed,
+                                    hm_lut=pipeline.hm_lut_for(data_dir, "dbt", "ffdm"))
+  rows = (("FFDM", ffdm["plain"], ffdm["label"]), ("MIP", mip["plain"], mip["label"]),
+          ("MIP with HM", mip["plain+HM"], mip["label"]))
+  fig, axes = plt.subplots(len(rows), num, figsize=(1.6 * num, 1.75 * len(rows)), squeeze=False)
+  try:
+    for r, (name, patches, labels) in enumerate(rows):
+      for c in range(num):
+        ax = axes[r, c]
+        ax.imshow(patches[c], cmap="gray", vmin=0, vmax=config_lib.MAX_INTENSITY)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("positive" if labels[c] > 0.5 else "negative", fontsize=7)
+        if c == 0:
+          ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
+  return path
+
+
+def cumulative_histogram_figure(data_dir: str, path: str) -> str:
+  """Paper Fig. 2: average cumulative histograms of FFDM, MIP and HM-MIP (from cdf_*.npz)."""
+  from mammo_tf.data import cdf
+  from mammo_tf.data import figures as data_figures
+  from mammo_tf.data import schema
+  plt = _pyplot()
+  fig = data_figures.cdf_figure(cdf.load_cdf(schema.cdf_path(data_dir, "ffdm")),
+                                cdf.load_cdf(schema.cdf_path(data_dir, "dbt")))
+  try:
+    fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
+  return path
+
+
+def _policy_figures(workdir: str, add: Callable[..., None]) -> None:
+  """Paper Fig. 3: both SpotTune policies in one figure, or each one that exists."""
+  from mammo_tf.training import policy
+  paths = {run: os.path.join(run_records.run_dir(workdir, run), names.POLICY_FILE)
+           for run in ("spottune", "spottune_hm")}
+  if all(os.path.exists(p) for p in paths.values()):
+    add("policy_comparison", "policy_comparison.png",
+        lambda p: policy.plot_policy_comparison(paths["spottune"], paths["spottune_hm"], p))
+    return
+  for run, src in paths.items():
+    if os.path.exists(src):
+      add(f"policy_{run}", f"policy_{run}.png",
+          lambda p, src=src, r=run: policy.plot_policy_file(src, p, title=(
+              "SpotTune policy, MIP with HM" if r.endswith("_hm") else "SpotTune policy, MIP")))
