@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 
 from mammo_tf import config as config_lib
+from mammo_tf.io import workdir_names as names
 
 FLAGS = flags.FLAGS
 
@@ -79,7 +80,7 @@ def resolve_config(epochs_field: str, extra: list[str] | None = None,
   if FLAGS.preset:
     return config_lib.get_config(FLAGS.preset, all_overrides)
   if base_path:
-    base_cfg = os.path.join(os.path.dirname(os.path.abspath(base_path)), "config.json")
+    base_cfg = os.path.join(os.path.dirname(os.path.abspath(base_path)), names.CONFIG_FILE)
     if os.path.exists(base_cfg):
       logging.info("config from the base run: %s", base_cfg)
       with open(base_cfg) as f:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from mammo_tf.evaluation import metrics
+from mammo_tf.io import workdir_names as names
 
 # Modules whose import registers mammo_tf's Keras custom objects.
 _CUSTOM_OBJECT_MODULES = ("mammo_tf.models.preprocessing", "mammo_tf.models.resnet",
@@ -75,7 +76,7 @@ def _input_size(model: Any) -> int | None:
     return None
 
 
-MODEL_CONFIG = "config.json"     # written by the trainer beside best.keras (loop.CONFIG_FILE)
+MODEL_CONFIG = names.CONFIG_FILE   # written by the trainer beside best.keras
 MODEL_HM_LUT = "hm_lut.npy"      # the HM table a training applied to its inputs
 
 

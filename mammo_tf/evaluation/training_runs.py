@@ -24,8 +24,9 @@ from absl import logging
 
 from mammo_tf import config as config_lib
 from mammo_tf.io import files
+from mammo_tf.io import workdir_names as names
 
-LOG_DIR = "logs"
+LOG_DIR = names.LOG_DIR
 _MODULES = {"base": "train.train_base", "finetune": "train.finetune",
             "spottune": "train.spottune"}
 

@@ -12,7 +12,9 @@ A training work dir (``train.*`` jobs, `mammo_tf.training`)::
 
 # Training work dir.
 CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
+HM_LUT_FILE = "hm_lut.npy"
 DONE_FILE = "done.json"
 MODEL_FILE = "best.keras"
 EXPORT_DIR = "export"
@@ -28,6 +30,8 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 EVAL_DIR = "eval"
 FIGURES_DIR = "figures"
+
+LOG_DIR = "logs"                 # the trainings' logs
 
 # Shift-study work dir.
 SHIFT_CONFIG_FILE = "shift_config.json"

@@ -46,6 +46,7 @@ from absl import logging
 from mammo_tf import config as config_lib
 from mammo_tf.data import pipeline
 from mammo_tf.evaluation import metrics
+from mammo_tf.io import workdir_names as names
 from mammo_tf.training import artifacts
 from mammo_tf.training import checkpoint
 from mammo_tf.training import export as export_lib
@@ -55,15 +56,15 @@ from mammo_tf.training import runtime
 from mammo_tf.training import selection
 from mammo_tf.training import tensorboard
 
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
-HISTORY_FILE = "history.json"
-DONE_FILE = "done.json"
-BEST_FILE = "best.keras"
-HM_LUT_FILE = "hm_lut.npy"
-EXPORT_DIR = "export"
-TB_DIR = "tb"
-BACKUP_DIR = "backup"
+CONFIG_FILE = names.CONFIG_FILE
+RUN_FILE = names.RUN_FILE
+HISTORY_FILE = names.HISTORY_FILE
+DONE_FILE = names.DONE_FILE
+BEST_FILE = names.MODEL_FILE
+HM_LUT_FILE = names.HM_LUT_FILE
+EXPORT_DIR = names.EXPORT_DIR
+TB_DIR = names.TB_DIR
+BACKUP_DIR = names.BACKUP_DIR
 
 
 @dataclasses.dataclass
