@@ -57,8 +57,7 @@ def _epoch_current(data_dir, cfg, seed, epoch):
 
 def _epoch_before(data_dir, cfg, seed, epoch):
   """The older trainer's epoch: streams rebuilt from epoch_seed(seed, epoch), 0.5/0.5 sampling."""
-  from mammo_tf.training import runtime  # pylint: disable=g-import-not-at-top
-  # pylint: disable=protected-access
+  from mammo_tf.training import runtime
   s = runtime.epoch_seed(seed, epoch)
   p = pipeline
   streams = [p._class_stream(p._shard_files(data_dir, "ffdm", "train", pos), cfg, s, fs, ss, True)
@@ -86,7 +85,7 @@ def main() -> None:
   args = ap.parse_args()
   data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_coverage_")
   if not os.path.exists(os.path.join(data_dir, _MARKER)):
-    from tests import coverage_layout  # pylint: disable=g-import-not-at-top
+    from tests import coverage_layout
     shards = coverage_layout.write_layout(data_dir, args.negatives, args.positives,
                                           shard_size_mb=args.shard_size_mb)
     with open(os.path.join(data_dir, _MARKER), "w", encoding="ascii") as f:

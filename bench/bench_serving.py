@@ -78,7 +78,7 @@ def run_load(fn, batch: int, side: int, threads: int, seconds: float, seed: int)
       t0 = time.perf_counter()
       try:
         out = fn(patch=x)[export_lib.OUTPUT_NAME].numpy()
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
         return
       latencies[k].append(time.perf_counter() - t0)

@@ -81,7 +81,7 @@ def main() -> None:
       cfg = config_lib.override(base, {"train.mixed_precision": mixed, "train.xla": xla})
       try:
         rate = time_steps(cfg, batch, args.steps)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         print(f"   {label:12s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         continue
       baseline = baseline or rate

@@ -13,14 +13,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
 
-from mammo_tf import cli  # pylint: disable=g-import-not-at-top
-from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-from mammo_tf.data import cdf as cdf_lib  # pylint: disable=g-import-not-at-top
-from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
-from mammo_tf.data import schema  # pylint: disable=g-import-not-at-top
+from mammo_tf import cli
+from mammo_tf import config as config_lib
+from mammo_tf.data import cdf as cdf_lib
+from mammo_tf.data import convert
+from mammo_tf.data import schema
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "TFRecord folder written by data_prep.convert.")

@@ -27,14 +27,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
+from absl import app
+from absl import flags
+from absl import logging
 
-from mammo_tf import cli  # pylint: disable=g-import-not-at-top
-from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
-from mammo_tf.data import privacy  # pylint: disable=g-import-not-at-top
+from mammo_tf import cli
+from mammo_tf import config as config_lib
+from mammo_tf.data import convert
+from mammo_tf.data import privacy
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("manifest", None, "Manifest CSV (docs/DESIGN.md, Manifest).")
@@ -87,7 +87,7 @@ def main(argv):
     cfg = config_lib.get_config(FLAGS.preset, overrides)
     salt = privacy.load_or_create_salt(FLAGS.out, FLAGS.salt_file)
     if FLAGS.runner == "beam":
-      from mammo_tf.data import beam_pipeline  # pylint: disable=g-import-not-at-top
+      from mammo_tf.data import beam_pipeline
       report = beam_pipeline.run_beam_conversion(FLAGS.manifest, FLAGS.out, cfg, seed=FLAGS.seed,
                                                  salt=salt, pipeline_args=beam_args)
     else:

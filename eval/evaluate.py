@@ -52,7 +52,7 @@ def main(argv):
     cfg = config_lib.override(cfg, {"data.patch_size": predictor.input_size})
   hm_lut = evaluate.model_hm_lut(_MODEL.value) if _HM.value is None else None
   if _HM.value:
-    from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+    from mammo_tf.data import pipeline
     hm_lut = pipeline.hm_lut_for(_DATA.value, _DOMAIN.value, "ffdm")
   if hm_lut is not None:
     logging.info("histogram matching on (%s)", "--hm" if _HM.value else "the model's hm_lut.npy")

@@ -43,7 +43,7 @@ def main(argv):
   cfg = config_lib.get_config(_PRESET.value, overrides)
   logging.set_verbosity(logging.INFO)
   if _DETERMINISTIC.value:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     tf.config.experimental.enable_op_determinism()
   trainers = training_runs.subprocess_trainers(_WORKDIR.value, _DETERMINISTIC.value)
   try:

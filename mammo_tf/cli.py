@@ -38,8 +38,8 @@ class UserError(Exception):
 def _user_error_types() -> tuple[type, ...]:
   types: list[type] = [UserError, ValueError, OSError]
   try:
-    from absl import app  # pylint: disable=g-import-not-at-top
-    from absl import flags  # pylint: disable=g-import-not-at-top
+    from absl import app
+    from absl import flags
     types += [app.UsageError, flags.Error]
   except ImportError:  # pragma: no cover
     pass
@@ -77,7 +77,7 @@ def report(e: BaseException) -> int:
 
 
 def _data_dirs(data_flags: Sequence[str]) -> list[str]:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   out = []
   for name in data_flags:
     value = flags.FLAGS[name].value if name in flags.FLAGS else None
@@ -100,9 +100,9 @@ def wrap(main: Callable[[Sequence[str]], int | None],
       raise
     except KeyboardInterrupt:
       raise
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       if type(e).__name__ == "DataLossError":
-        from mammo_tf.training import artifacts  # pylint: disable=g-import-not-at-top
+        from mammo_tf.training import artifacts
         e = artifacts.data_loss_error(e, _data_dirs(data_flags))
       return report(e)
     return int(code or 0)
@@ -111,7 +111,7 @@ def wrap(main: Callable[[Sequence[str]], int | None],
 
 
 def _parse_flags(argv: Sequence[str]):
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -122,5 +122,5 @@ def _parse_flags(argv: Sequence[str]):
 def run(main: Callable[[Sequence[str]], int | None], data_flags: Sequence[str] = ()) -> None:
   """`absl.app.run(main)` with this module's exit codes (flag errors exit 2 too); `data_flags`
   name the flags holding converter output folders (see `wrap`)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import app
   app.run(wrap(main, data_flags), flags_parser=_parse_flags)

@@ -354,7 +354,7 @@ class ConfigError(ValueError):
 
 
 def _check_numbers(section: str, obj: Any) -> None:
-  import math  # pylint: disable=g-import-not-at-top
+  import math
   for f in dataclasses.fields(obj):
     value = getattr(obj, f.name)
     for v in (value if isinstance(value, tuple) else (value,)):

@@ -18,7 +18,7 @@ FLAGS = train_flags.FLAGS
 
 def main(argv):
   del argv
-  from mammo_tf import training  # pylint: disable=g-import-not-at-top
+  from mammo_tf import training
   cfg = train_flags.resolve_config("finetune_epochs", base_path=FLAGS.base)
   train_flags.apply_runtime_flags(cfg)
   result = training.finetune(cfg, FLAGS.data, FLAGS.base, FLAGS.workdir, FLAGS.hm,

@@ -28,7 +28,7 @@ FLAGS = train_flags.FLAGS
 
 def main(argv):
   del argv
-  from mammo_tf import training  # pylint: disable=g-import-not-at-top
+  from mammo_tf import training
   extra = []
   for name in ("policy_eval", "frozen_bn", "train_stem", "policy_learning_rate"):
     if FLAGS[name].value is not None:

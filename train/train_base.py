@@ -18,7 +18,7 @@ FLAGS = train_flags.FLAGS
 
 def main(argv):
   del argv
-  from mammo_tf import training  # pylint: disable=g-import-not-at-top
+  from mammo_tf import training
   cfg = train_flags.resolve_config("epochs")
   train_flags.apply_runtime_flags(cfg)
   result = training.train_base(cfg, FLAGS.data, FLAGS.workdir,

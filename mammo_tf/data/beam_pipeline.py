@@ -65,8 +65,8 @@ def convert_row(row: manifest_lib.ManifestRow, split: str, key: str,
   """
   try:
     record = convert.convert_image(row, split, cfg, salt)
-  except Exception as e:  # pylint: disable=broad-except
-    meta = {"status": "error", "reason": convert._error_reason(e, row),  # pylint: disable=protected-access
+  except Exception as e:
+    meta = {"status": "error", "reason": convert._error_reason(e, row),
             "line": row.line, "where": row.given_path, "image_id": row.image_id}
     return meta, None, None
   serialized = schema.encode_example(record, cfg.data.image_codec)
@@ -149,7 +149,7 @@ def build_pipeline(pipeline, tasks: Sequence[tuple], out_dir: str,
                    cfg: config_lib.ExperimentConfig, *, seed: int, salt: bytes, num_rows: int,
                    manifest_errors: Sequence[manifest_lib.RowError]):
   """Adds the conversion to a `beam.Pipeline`; `tasks` are ``(row, split, cache key)``."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  import apache_beam as beam
 
   cfg_json = config_lib.to_json(cfg)
 
@@ -203,8 +203,8 @@ def run_beam_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentC
   Without options the DirectRunner runs it in this process. Raises `convert.ConversionError` when
   nothing can be done (unusable manifest, no valid row, unwritable output).
   """
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  import apache_beam as beam
+  from apache_beam.options import pipeline_options
 
   if cfg.data.num_shards <= 0:   # workers assign shards before the group sizes are known
     raise convert.ConversionError("the Beam runner needs a fixed shard count: set "
@@ -213,7 +213,7 @@ def run_beam_conversion(manifest: str, out_dir: str, cfg: config_lib.ExperimentC
   cfg = dataclasses.replace(cfg, seed=int(seed))
   try:
     os.makedirs(os.path.join(out_dir, convert.CACHE_DIR, "shards"), exist_ok=True)
-    convert._atomic_write(os.path.join(out_dir, convert.CONFIG),  # pylint: disable=protected-access
+    convert._atomic_write(os.path.join(out_dir, convert.CONFIG),
                           (config_lib.to_json(cfg) + "\n").encode())
   except OSError as e:
     raise convert.ConversionError(

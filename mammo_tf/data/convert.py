@@ -443,10 +443,10 @@ def _sop_uid(path: str) -> str:
     if guard.is_deflated(path):   # the elements before the pixel data only
       header = guard.inflate_deflated(path, keep=False, header_only=True).header
     else:
-      import pydicom  # pylint: disable=g-import-not-at-top
+      import pydicom
       header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
     return str(header.get("SOPInstanceUID", "") or "").strip()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return ""
 
 
@@ -478,7 +478,7 @@ def _convert_task(task: tuple) -> tuple[str, dict]:
   base = os.path.join(cache_dir, key)
   try:
     record = convert_image(row, split, cfg, salt)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     transient = is_transient(e)
     meta = {"status": "transient" if transient else "error", "reason": _error_reason(e, row)}
     if example_only:  # cached as converted earlier; the input must have changed under us

@@ -217,7 +217,7 @@ def train_records(data_dir: str, domain: str, split: str, cfg, seed: int, *, epo
 def _hm_layer(hm_lut):
   if hm_lut is None:
     return None
-  from mammo_tf.models.preprocessing import HistogramMatching  # pylint: disable=g-import-not-at-top
+  from mammo_tf.models.preprocessing import HistogramMatching
   if isinstance(hm_lut, HistogramMatching):
     return hm_lut
   return HistogramMatching(hm_lut, name="hm")
@@ -301,7 +301,7 @@ def _device_train_batches(records, cfg, seed, epoch, deterministic, band_decode)
   Same record stream, example seeds and reuse shuffle as the `host` stages above, so
   ``DeviceAugment`` of these batches equals the `host` batches (see `mammo_tf.data.windows`).
   """
-  from mammo_tf.data import windows  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import windows
   return windows.device_batches(
       records, cfg, _stream_seed(seed, _EXAMPLES),
       _stream_seed(_stream_seed(seed, _REUSE_SHUFFLE), epoch),
@@ -348,7 +348,7 @@ def make_eval_dataset(data_dir: str, domain: str, split: str, cfg, seed: int, *,
 
 def hm_lut_for(data_dir: str, src_domain: str, ref_domain: str = "ffdm"):
   """The HM table `cdf_<src>.npz` -> `cdf_<ref>.npz` of a converter output folder."""
-  from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf
   return cdf.lut_from_files(schema.cdf_path(data_dir, src_domain),
                             schema.cdf_path(data_dir, ref_domain))
 

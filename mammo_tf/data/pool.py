@@ -46,7 +46,7 @@ def _worker_main(conn, fn, initializer, initargs) -> None:
     idx, task = msg
     try:
       out = (idx, "ok", fn(task))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       out = (idx, "error", e)
     conn.send(out)
 

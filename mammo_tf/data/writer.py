@@ -182,7 +182,7 @@ def write_checksums(out_dir: str, plan: Mapping[str, object], state_dir: str, pa
 
 def find_corrupt_shards(data_dir: str, candidates: Iterable[str] | None = None) -> list[str]:
   """Shards under `data_dir` whose bytes differ from ``shards.json`` (relative paths, sorted)."""
-  import json  # pylint: disable=g-import-not-at-top
+  import json
   try:
     with open(os.path.join(data_dir, "shards.json"), encoding="utf-8") as f:
       sums = json.load(f)["sha256"]

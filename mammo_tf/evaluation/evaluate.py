@@ -104,7 +104,7 @@ def config_for_model(model_path: str, preset: str | None, overrides: Sequence[st
   training used), with `overrides` applied on top; a named `preset` only when one is given or the
   model has no ``config.json`` (then ``paper``).
   """
-  from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mammo_tf import config as config_lib
   if preset is None:
     path = model_config_path(model_path)
     if path is not None:
@@ -140,7 +140,7 @@ def load_predictor(path: str) -> Predictor:
     raise FileNotFoundError(f"{path}: no such model file")
   if not path.endswith(".keras"):
     raise ValueError(f"{path}: expected a .keras file or a SavedModel directory")
-  from mammo_tf.training import artifacts  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import artifacts
   register_custom_objects()
   model = artifacts.load_keras_model(path, compile=False)   # truncated/corrupt: one clear line
 
@@ -151,7 +151,7 @@ def load_predictor(path: str) -> Predictor:
 
 
 def _load_saved_model(path: str) -> Predictor:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   register_custom_objects()
   loaded = tf.saved_model.load(path)
   fn = loaded.signatures["serving_default"]
@@ -192,7 +192,7 @@ def predict_batches(predictor: Callable[[np.ndarray], np.ndarray],
   """Runs `predictor` over batched dicts ``{"patch", "label", "label_class", "image_id",
   "patient"}`` (e.g. `make_eval_dataset(...).as_numpy_iterator()`); with a `label`, reports
   progress (batches, patches/s: a bar on a terminal, else periodic log lines)."""
-  from mammo_tf.training import progress  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import progress
   parts: dict[str, list] = {k: [] for k in ("scores", "labels", "label_class", "image_id",
                                             "patient")}
   bar = progress.Progress(label or "", enabled=label is not None)
@@ -283,7 +283,7 @@ def evaluate_seeds(predictor: Callable[[np.ndarray], np.ndarray], data_dir: str,
   `hm_lut` (a 4096-entry table, e.g. `cdf.lut_from_files(cdf_dbt, cdf_ffdm)`) histogram-matches
   the patches in the pipeline. Do not pass it for a SavedModel that already carries its HM layer.
   """
-  from mammo_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import pipeline
   per_seed = {}
   for seed in seeds:
     ds = pipeline.make_eval_dataset(data_dir, domain, split, cfg, int(seed), hm_lut=hm_lut)
@@ -307,9 +307,9 @@ def plot_roc_curves(curves: Sequence[tuple[str, Mapping[str, Any]]], path: str,
 
   Each result is a `summarize` dict; the legend shows mean ± std AUC.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
   fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=100)
   try:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

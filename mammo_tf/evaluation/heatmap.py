@@ -126,7 +126,7 @@ def sliding_window_map(predict: Callable[[np.ndarray], np.ndarray], image: np.nd
 def peak_location(prob: np.ndarray, tol: float = 1e-6) -> tuple[int, int]:
   """(row, col) of the map's maximum: the centroid of the connected plateau of maximal values
   that holds the first maximum (an averaged map is flat where the same windows cover)."""
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  from scipy import ndimage
   first = np.unravel_index(int(np.argmax(prob)), prob.shape)
   top = prob >= prob[first] - tol
   labels, _ = ndimage.label(top, structure=np.ones((3, 3), bool))
@@ -141,7 +141,7 @@ def overlay_rgb(image: np.ndarray, probability: np.ndarray, mask: np.ndarray | N
   Grey levels are windowed to the breast's 1st-99.5th percentiles; the colour's opacity grows
   with the probability (``alpha * p``), so low-probability tissue stays readable.
   """
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  from matplotlib import colormaps
   img = np.asarray(image, np.float64)
   m = img > 0 if mask is None else np.asarray(mask, bool)
   vals = img[m] if m.any() else img.ravel()
@@ -161,8 +161,8 @@ def detect_domain(path: str) -> str:
   Reads the header through `mammo_tf.io.dicom` (a missing, non-DICOM or damaged file raises its
   `DicomError`, a ValueError naming the file and the reason).
   """
-  from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
-  from mammo_tf.io import guard  # pylint: disable=g-import-not-at-top
+  from mammo_tf.io import dicom
+  from mammo_tf.io import guard
   try:
     st = guard.require_regular_file(path, "DICOM input", allow_dir=True)
   except guard.UnsafeInput as e:
@@ -180,8 +180,8 @@ def resolve_hm_lut(spec: str | None) -> np.ndarray | None:
   """``"src.npz,ref.npz"`` or a converter output folder (cdf_dbt -> cdf_ffdm) -> HM table."""
   if not spec:
     return None
-  from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
-  from mammo_tf.data import schema  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf
+  from mammo_tf.data import schema
   if "," in spec:
     src, ref = (s.strip() for s in spec.split(",", 1))
     return cdf.lut_from_files(src, ref)
@@ -201,11 +201,11 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
   pixels and ``peak_stored`` in stored pixels, shapes, patch size, stride, windows, hm. No
   identifiers from the DICOM are written.
   """
-  from mammo_tf.data import cdf  # pylint: disable=g-import-not-at-top
-  from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
-  from mammo_tf.data import masks  # pylint: disable=g-import-not-at-top
-  from mammo_tf.evaluation import evaluate  # pylint: disable=g-import-not-at-top
-  from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import cdf
+  from mammo_tf.data import convert
+  from mammo_tf.data import masks
+  from mammo_tf.evaluation import evaluate
+  from mammo_tf.io import dicom
   domain = detect_domain(dicom_path) if domain == "auto" else domain
   original, _ = dicom.read_image(dicom_path, domain, apply_voi_lut=cfg.data.apply_voi_lut)
   factor = int(cfg.data.downsample)
@@ -224,7 +224,7 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
   hmap = sliding_window_map(predictor, pixels, patch, stride=stride,
                             batch_size=batch_size or cfg.data.eval_batch_size, mask=mask, log=log)
   os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
+  from matplotlib import image as mpimg
   mpimg.imsave(out_png, overlay_rgb(stored, hmap.probability, mask))
   info = {
       "score": hmap.score,
@@ -242,7 +242,7 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
       "model": os.path.basename(os.path.normpath(model_path)),
       "png": os.path.basename(out_png),
   }
-  from mammo_tf.io import files  # pylint: disable=g-import-not-at-top
+  from mammo_tf.io import files
   files.atomic_write_with(os.path.splitext(out_png)[0] + ".npy",
                           lambda f: np.save(f, hmap.probability))
   files.atomic_write_json(os.path.splitext(out_png)[0] + ".json", info, indent=1)

@@ -103,7 +103,7 @@ def run_training(run: str, job: str, cfg: config_lib.ExperimentConfig, data_dir:
 
 def subprocess_trainers(workdir: str, deterministic: bool = True) -> Any:
   """`study.Trainers` whose three jobs run in child processes (logs in ``workdir/logs``)."""
-  from mammo_tf.evaluation import study  # pylint: disable=g-import-not-at-top
+  from mammo_tf.evaluation import study
   logs_dir = os.path.join(workdir, LOG_DIR)
 
   def base(cfg, data_dir, run_workdir):

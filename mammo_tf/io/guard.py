@@ -254,8 +254,8 @@ def inflate_deflated(path, *, keep: bool = True, header_limit: int = HEADER_LIMI
   Raises `UnsafeInput` when the file is not in that syntax, is corrupt, or inflates past the
   bound; `MemoryError` / `OSError` of this machine propagate.
   """
-  from pydicom import filereader  # pylint: disable=g-import-not-at-top
-  from pydicom.tag import Tag  # pylint: disable=g-import-not-at-top
+  from pydicom import filereader
+  from pydicom.tag import Tag
   require_regular_file(path, "input")
   with open(path, "rb") as f:
     meta = read_file_meta(f, path)
@@ -270,7 +270,7 @@ def inflate_deflated(path, *, keep: bool = True, header_limit: int = HEADER_LIMI
       raise
     except (MemoryError, OSError):
       raise
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise UnsafeInput(path, f"unreadable deflated DICOM header ({type(e).__name__})") from None
     start = stream.tell()
     element = stream.read(12)
@@ -304,10 +304,10 @@ def read_deflated(path, specific_tags=None):
 
   The data set's transfer syntax becomes Explicit VR Little Endian (what the deflated bytes are).
   """
-  from pydicom import filereader  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import FileDataset  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
-  from pydicom.tag import Tag  # pylint: disable=g-import-not-at-top
+  from pydicom import filereader
+  from pydicom.dataset import FileDataset
+  from pydicom.dataset import FileMetaDataset
+  from pydicom.tag import Tag
   inflated = inflate_deflated(path, keep=True)
   tags = None if specific_tags is None else [Tag(t) for t in specific_tags]
   try:
@@ -315,7 +315,7 @@ def read_deflated(path, specific_tags=None):
     ds = filereader.read_dataset(io.BytesIO(inflated.data), False, True, specific_tags=tags)
   except (MemoryError, OSError):
     raise
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise UnsafeInput(path, f"unreadable deflated DICOM data set ({type(e).__name__})") from None
   file_meta.TransferSyntaxUID = EXPLICIT_LE_UID
   out = FileDataset(str(path), ds, preamble=b"\x00" * 128, file_meta=file_meta,

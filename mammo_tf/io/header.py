@@ -159,7 +159,7 @@ def open_file(path) -> BinaryIO:
     guard.require_regular_file(path, "input")
   except guard.UnsafeInput as e:
     fail(path, e.reason)
-  return open(path, "rb")  # pylint: disable=consider-using-with
+  return open(path, "rb")
 
 
 def _read_deflated(path: Path) -> Dataset:

@@ -43,12 +43,12 @@ def _stateless_normal(seeds, shape: tuple[int, ...]):
   """float32 [B, *shape]: one stateless standard-normal draw per row of integer `seeds` [B, 2]."""
   backend = keras.backend.backend()
   if backend == "tensorflow":
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     return tf.map_fn(lambda s: tf.random.stateless_normal(shape, s, dtype=tf.float32),
                      seeds, fn_output_signature=tf.float32)
   if backend == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import jax
+    import jax.numpy as jnp
     keys = jnp.asarray(seeds).astype(jnp.uint32)     # int64 seeds arrive as int32 without x64
     draw = lambda k: jax.random.normal(jax.random.wrap_key_data(k), shape, jnp.float32)
     return jax.vmap(draw)(keys)

@@ -25,7 +25,7 @@ from mammo_tf.cli import UserError
 
 def load_keras_model(path: str, **kw):
   """`keras.models.load_model` with clear errors for a missing, truncated or corrupt file."""
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
   if not os.path.exists(path):
     raise UserError(f"{path}: model file not found (train the model first)")
   if not os.path.isfile(path):
@@ -55,7 +55,7 @@ def open_state(path: str):
   try:
     data = np.load(path)
     for key in data.files:
-      data[key]   # pylint: disable=pointless-statement  (reads and CRC-checks each member)
+      data[key]   # reads and CRC-checks each member
     return data
   except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
     raise UserError(f"{path}: corrupt training checkpoint ({type(e).__name__}); delete the run's "
@@ -64,7 +64,7 @@ def open_state(path: str):
 
 def data_loss_error(error: BaseException, data_dirs: Sequence[str]) -> UserError:
   """A `UserError` naming the shard(s) whose bytes no longer match ``shards.json``."""
-  from mammo_tf.data import writer  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import writer
   first = " ".join(str(getattr(error, "message", error)).split())[:200]
   bad = []
   for d in data_dirs:

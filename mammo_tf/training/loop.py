@@ -487,7 +487,7 @@ def _prepare(task: Task, cfg: config_lib.ExperimentConfig, data_dir: str, workdi
     groups = task.build_groups(model, cfg)
     augment = None
     if cfg.data.augment_on == "device":
-      from mammo_tf.models import augment_layer  # pylint: disable=g-import-not-at-top
+      from mammo_tf.models import augment_layer
       augment = augment_layer.for_config(cfg.data, hm_lut)
   if chief:
     check_workdir(workdir, cfg, run_info)

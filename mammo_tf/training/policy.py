@@ -99,9 +99,9 @@ def plot_policy(policies: Mapping[str, Mapping[str, Any]], out_path: str,
   stages = stage_of(units)
   n, k = len(units), len(items)
   width = 0.8 / k
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")   # drawn to a file (chosen here, not at import)
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt
   fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * n + 2), 3.6))
   x = np.arange(n)
   for i, (label, p) in enumerate(items):
@@ -146,8 +146,8 @@ def plot_policy_comparison(raw_path: str, hm_path: str, out_path: str,
 
 def policy_figure_image(summary: Mapping[str, Any], title: str = "policy") -> np.ndarray:
   """Fig. 3 bars as a uint8 image ``[1, H, W, 4]`` (for TensorBoard)."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tempfile
+  import tensorflow as tf
   with tempfile.TemporaryDirectory() as tmp:
     path = plot_policy({"": summary}, os.path.join(tmp, "p.png"), title=title)
     with open(path, "rb") as f:

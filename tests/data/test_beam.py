@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from mammo_tf.data import beam_pipeline  # pylint: disable=g-import-not-at-top
+from mammo_tf.data import beam_pipeline
 from mammo_tf.data import convert
 from mammo_tf.data import writer
 from tests.data import test_convert as tc
@@ -26,7 +26,7 @@ SALT = tc.SALT
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("beam_cohort"))
-  manifest, _, bad = tc._build_cohort(root)  # pylint: disable=protected-access
+  manifest, _, bad = tc._build_cohort(root)
   local = os.path.join(root, "local")
   beam = os.path.join(root, "beam")
   r_local = convert.run_conversion(manifest, local, tc._cfg(), seed=0, workers=1, salt=SALT)
@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 
 def _outputs(out):
   """{relpath: bytes} of the job's outputs (not the local runner's per-image cache)."""
-  tree = tc._tree(out)  # pylint: disable=protected-access
+  tree = tc._tree(out)
   return {k: v for k, v in tree.items() if not k.startswith(".cache")}
 
 

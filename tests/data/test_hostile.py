@@ -97,7 +97,7 @@ def _in_thread(fn, timeout=120):
   def target():
     try:
       box["value"] = fn()
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       box["error"] = e
 
   t = threading.Thread(target=target, daemon=True)
@@ -173,7 +173,7 @@ def test_guard_bounds_inflation_by_the_declared_size(tmp_path):
   with pytest.raises(guard.UnsafeInput, match="FIFO"):
     guard.check_input(str(tmp_path / "fifo"), "ffdm")
   # The reader's one open function and its deflated path go through the guard too.
-  from mammo_tf.io import dicom  # pylint: disable=g-import-not-at-top
+  from mammo_tf.io import dicom
   for bad, reason in ((tmp_path / "fifo", "FIFO"), (bomb, "inflates past")):
     box = _in_thread(lambda bad=bad: dicom.read_ffdm(str(bad)))
     assert isinstance(box.get("error"), dicom.DicomError) and reason in str(box["error"])
@@ -194,7 +194,7 @@ def test_memory_error_is_not_cached_and_a_rerun_converts(small, tmp_path):
   limit = (small["vm_kb"] * 1024) + 200 * MIB   # the baseline's peak + 200 MB < one 256 MB copy
 
   def cap():
-    import resource  # pylint: disable=g-import-not-at-top
+    import resource
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
   args = ("--manifest", manifest, "--out", str(tmp_path / "o"))
@@ -241,7 +241,7 @@ def test_killed_worker_is_replaced_and_the_run_finishes(tmp_path):
   log = p.stdout.read().decode()
   assert rc == 0, log
   assert "worker process died" in log
-  import json  # pylint: disable=g-import-not-at-top
+  import json
   summary = json.load(open(out_dir / "summary.json"))
   assert summary["total"]["images"] == n
 
@@ -433,7 +433,7 @@ def test_truncated_slice_is_named_by_position(tmp_path):
 
 def test_heatmap_refuses_tiny_flat_and_non_dicom_inputs_in_one_line(tmp_path):
   """Each fails before any model is loaded, with a ValueError naming the input (exit 2)."""
-  from mammo_tf.evaluation import heatmap  # pylint: disable=g-import-not-at-top
+  from mammo_tf.evaluation import heatmap
   cfg = config_lib.get_config("tiny")
   fac.write_ffdm(tmp_path / "one.dcm", np.full((1, 1), 2000, np.uint16))
   fac.write_ffdm(tmp_path / "black.dcm", np.zeros((96, 80), np.uint16))

@@ -38,14 +38,14 @@ def test_salt_file_is_created_once_private_and_reused(tmp_path):
 def test_errors_csv_and_logs_hold_no_identifier(tmp_path, caplog):
   """The privacy grep over errors.csv (and every other output byte and the log) when manifest
   paths and fields carry identifiers: an MRN folder, an id as a label, a patient-named file."""
-  import logging  # pylint: disable=g-import-not-at-top
+  import logging
 
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
-  from mammo_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mammo_tf.data import convert  # pylint: disable=g-import-not-at-top
-  from tests import dicom_factory as fac  # pylint: disable=g-import-not-at-top
-  from tests import trees  # pylint: disable=g-import-not-at-top
+  from mammo_tf import config as config_lib
+  from mammo_tf.data import convert
+  from tests import dicom_factory as fac
+  from tests import trees
   img = np.zeros((96, 80), np.uint16)
   img[10:86, :50] = 2100
   os.makedirs(tmp_path / "MRN4417" / "DOE_JANE")

@@ -99,7 +99,7 @@ def _plant(img, breast, rng, lesion):
 
 def _distance_inside(breast):
   """Distance to the nearest non-breast pixel or image edge (the chest wall counts as an edge)."""
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  from scipy import ndimage
   return ndimage.distance_transform_edt(np.pad(breast, 1))[1:-1, 1:-1]
 
 
@@ -139,7 +139,7 @@ def _write_lesion_dataset(root, cfg, n_per_class):
 
 @pytest.fixture(scope="module")
 def lesion_model(tmp_path_factory):
-  from mammo_tf.training import jobs  # pylint: disable=g-import-not-at-top
+  from mammo_tf.training import jobs
   root = tmp_path_factory.mktemp("heat")
   cfg = config.get_config("tiny", {"data.samples_per_epoch": 640, "train.epochs": 2,
                                    "data.num_shards": 1})
@@ -169,14 +169,14 @@ def test_trained_model_peaks_on_the_lesion(lesion_model):
 @pytest.mark.slow
 def test_heatmap_from_dicom(lesion_model, tmp_path):
   pytest.importorskip("mammo_tf.io.dicom")
-  from tests import dicom_factory  # pylint: disable=g-import-not-at-top
+  from tests import dicom_factory
   cfg, model_path, _ = lesion_model
   img, _, box = _lesion_image([1234, 5])
   original = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)   # block_mean gives img back
   dcm = dicom_factory.write_ffdm(tmp_path / "lesion.dcm", original, bits_stored=12)
   out = tmp_path / "out" / "heat.png"
   info = heatmap.heatmap_for_dicom(model_path, str(dcm), str(out), cfg, stride=8)
-  from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
+  from matplotlib import image as mpimg
   png = mpimg.imread(out)
   assert png.shape[:2] == SHAPE          # the stored image: the original's aspect exactly
   assert png.shape[0] / png.shape[1] == pytest.approx(original.shape[0] / original.shape[1])

@@ -96,7 +96,7 @@ def test_report_links_only_existing_files(finished_study):
   _, _, workdir, results, _ = finished_study
   md = open(os.path.join(workdir, "report.md")).read()
   page = open(os.path.join(workdir, "report.html")).read()
-  import re  # pylint: disable=g-import-not-at-top
+  import re
   links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
   srcs = re.findall(r'<img src="([^"]+)"', page)
   assert sorted(links) == sorted(srcs)

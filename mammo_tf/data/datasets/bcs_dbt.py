@@ -99,7 +99,7 @@ class _Resolver:
         try:
           ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
               "StudyInstanceUID", "ImageLaterality", "Laterality", "ViewPosition"])
-        except Exception:  # pylint: disable=broad-except
+        except Exception:
           continue
         if str(ds.get("StudyInstanceUID", "")) == values["StudyUID"]:
           matches.append((path, ds))
@@ -189,7 +189,7 @@ def _add_volume(col, v, where, split, label_of, box_of, resolve, options) -> Non
     return
   try:
     rotate = 0 if frame0_laterality(path) == view[0].upper() else 180
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     col.skip(where, f"cannot decode frame 0 for the orientation check ({type(e).__name__})")
     return
   image = common.Image(patient_id=v["PatientID"], exam_id=v["StudyUID"],

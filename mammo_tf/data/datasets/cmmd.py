@@ -62,7 +62,7 @@ def build(root: str, options: common.Options) -> common.BuildResult:
       where = f"{patient}/{os.path.basename(path)}"
       try:
         side, view, sop = _header(path)
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         col.skip(where, "unreadable DICOM header")
         continue
       if (patient, side) not in labels:

@@ -76,7 +76,7 @@ def scan(root: str, col: common.Collector) -> list[common.Image]:
   for path in common.dicom_files_under(root):
     try:
       ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       col.skip(file_ref(root, path), "unreadable DICOM header")
       continue
     kind, reason = _kind(ds)

@@ -87,7 +87,7 @@ def build(root: str, options: common.Options) -> common.BuildResult:
     if name in xmls:
       try:
         boxes = roi_boxes(xmls[name])
-      except Exception:  # pylint: disable=broad-except
+      except Exception:
         col.skip(where, "annotation XML is not a readable property list")
     boxes.sort(key=common.box_area, reverse=True)
     for b in boxes:

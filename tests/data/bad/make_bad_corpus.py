@@ -61,7 +61,7 @@ def _rewrite(path: str, **changes) -> None:
   ds = pydicom.dcmread(path)
   for key, value in changes.items():
     setattr(ds, key, value)
-  with fac._lenient_writing():  # pylint: disable=protected-access
+  with fac._lenient_writing():
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -141,7 +141,7 @@ def make(out: str) -> dict:
   ds.BitsAllocated = 32
   ds.BitsStored = 32
   ds.HighBit = 31
-  with fac._lenient_writing():  # pylint: disable=protected-access
+  with fac._lenient_writing():
     ds.save_as(f"{d}/float_pixels.dcm", enforce_file_format=True)
   add("float_pixels.dcm", "float pixel data")
   fac.write_ffdm(f"{d}/nan_rescale.dcm", breast(9), slope="NaN")

@@ -70,8 +70,8 @@ def convert(manifest, out):
 
 
 def records(out, domain):
-  from mammo_tf.data import schema  # pylint: disable=g-import-not-at-top
-  from mammo_tf.data import writer  # pylint: disable=g-import-not-at-top
+  from mammo_tf.data import schema
+  from mammo_tf.data import writer
   recs = []
   folder = os.path.join(out, domain)
   for rel in sorted(os.listdir(folder)):
