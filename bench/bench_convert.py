@@ -51,6 +51,7 @@ def _phantom_frame(shape, k, seed=0):
 def write_inputs(folder: str, j2k: bool) -> dict[str, str]:
   sys.path.insert(0, REPO)
   from pydicom.uid import JPEG2000Lossless
+
   from tests import dicom_factory as fac
   paths = {}
   img = _phantom_frame(FFDM_SHAPE, 0)
@@ -103,11 +104,12 @@ def _measure(fn, reps: int):
 
 def child(path: str, domain: str, reps: int) -> dict:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import numpy as np
   import pydicom
-  import tensorflow as tf
+
   from mammo_tf import config as config_lib
-  from mammo_tf.data import convert, manifest, schema
+  from mammo_tf.data import convert
+  from mammo_tf.data import manifest
+  from mammo_tf.data import schema
   cfg = config_lib.get_config("paper")
   row = manifest.ManifestRow("p", "e", "i", domain, path, "malignant", "L", "CC",
                              box=(1000.0, 1200.0, 300.0, 250.0))

@@ -27,12 +27,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from mammo_tf import config as config_lib  # noqa: E402
-from mammo_tf.models import resnet  # noqa: E402
-from mammo_tf.training import export as export_lib  # noqa: E402
+from mammo_tf import config as config_lib
+from mammo_tf.models import resnet
+from mammo_tf.training import export as export_lib
 
 
 def rss_mb() -> float:

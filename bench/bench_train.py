@@ -20,15 +20,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from mammo_tf import config as config_lib  # noqa: E402
-from mammo_tf.models import resnet  # noqa: E402
-from mammo_tf.training import loop  # noqa: E402
-from mammo_tf.training import optim  # noqa: E402
-from mammo_tf.training import runtime  # noqa: E402
+from mammo_tf import config as config_lib
+from mammo_tf.models import resnet
+from mammo_tf.training import loop
+from mammo_tf.training import optim
+from mammo_tf.training import runtime
 
 VARIANTS = (("float32", False, False), ("float32+XLA", False, True),
             ("bf16", True, False), ("bf16+XLA", True, True))

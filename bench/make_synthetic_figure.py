@@ -15,13 +15,14 @@ import os
 import tempfile
 
 import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from mammo_tf import config  # noqa: E402
-from mammo_tf.io import dicom  # noqa: E402
-from mammo_tf.synthetic.cohort import generate_cohort  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mammo_tf import config
+from mammo_tf.io import dicom
+from mammo_tf.synthetic.cohort import generate_cohort
 
 CLASSES = ("normal", "benign", "high_risk", "malignant")
 

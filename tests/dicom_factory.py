@@ -28,20 +28,19 @@ from typing import Iterable, Sequence
 import numpy as np
 import pydicom
 from pydicom import config as _pydicom_config
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (
-  UID,
-  DeflatedExplicitVRLittleEndian,
-  ExplicitVRLittleEndian,
-  ImplicitVRLittleEndian,
-  JPEG2000Lossless,
-  JPEGLossless,
-  JPEGLosslessSV1,
-  RLELossless,
-  generate_uid,
-)
+from pydicom.uid import UID
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEGLossless
+from pydicom.uid import JPEGLosslessSV1
+from pydicom.uid import RLELossless
+from pydicom.uid import generate_uid
 
 FFDM_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.2")  # Digital Mammography X-Ray - For Presentation
 DBT_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.13.1.3")  # Breast Tomosynthesis Image Storage

@@ -35,7 +35,6 @@ import math
 import numpy as np
 import tensorflow as tf
 
-
 # ----------------------------------------------------------------------------- NumPy reference
 
 

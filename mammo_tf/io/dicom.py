@@ -26,23 +26,26 @@ Privacy: only the tags listed in `header.HEADER_TAGS` are ever parsed, so patien
 dates are never read; `DicomMeta` and `DicomError` carry none.
 """
 
-from mammo_tf.io.header import (  # noqa: F401  (re-exported public API)
-  HEADER_TAGS,
-  MAX_FRAME_BYTES,
-  DicomError,
-  open_dataset,
-  open_file,
-  open_source,
-)
-from mammo_tf.io.intensity import IntensityRule, intensity_table, to_12bit  # noqa: F401
-from mammo_tf.io.metadata import (  # noqa: F401
-  DicomMeta,
-  flip_to_canonical,
-  infer_laterality,
-)
-from mammo_tf.io.readers import list_dbt_slices, read_dbt_mip, read_ffdm, read_image  # noqa: F401
-from mammo_tf.io.rules import INTENSITY_RULES, RANGE_PERCENTILES  # noqa: F401
-from mammo_tf.io.voi import Lut, Window  # noqa: F401
+from mammo_tf.io.header import HEADER_TAGS
+from mammo_tf.io.header import MAX_FRAME_BYTES
+from mammo_tf.io.header import DicomError
+from mammo_tf.io.header import open_dataset
+from mammo_tf.io.header import open_file
+from mammo_tf.io.header import open_source
+from mammo_tf.io.intensity import IntensityRule
+from mammo_tf.io.intensity import intensity_table
+from mammo_tf.io.intensity import to_12bit
+from mammo_tf.io.metadata import DicomMeta
+from mammo_tf.io.metadata import flip_to_canonical
+from mammo_tf.io.metadata import infer_laterality
+from mammo_tf.io.readers import list_dbt_slices
+from mammo_tf.io.readers import read_dbt_mip
+from mammo_tf.io.readers import read_ffdm
+from mammo_tf.io.readers import read_image
+from mammo_tf.io.rules import INTENSITY_RULES
+from mammo_tf.io.rules import RANGE_PERCENTILES
+from mammo_tf.io.voi import Lut
+from mammo_tf.io.voi import Window
 
 _open_source = open_source  # the name older tests use
 

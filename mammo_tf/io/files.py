@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable
 
 TMP_PREFIX = ".tmp-"
 

@@ -32,7 +32,8 @@ from typing import Callable
 import numpy as np
 
 from mammo_tf.config import MAX_INTENSITY
-from mammo_tf.io.header import fail, short
+from mammo_tf.io.header import fail
+from mammo_tf.io.header import short
 
 ValueFn = Callable[[np.ndarray], np.ndarray]
 

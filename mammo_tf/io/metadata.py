@@ -11,7 +11,8 @@ import math
 import numpy as np
 from pydicom.dataset import Dataset
 
-from mammo_tf.io.header import Source, first_item
+from mammo_tf.io.header import Source
+from mammo_tf.io.header import first_item
 
 # ViewCodeSequence fallback (SNOMED CT / SRT codes and meanings) -> ViewPosition-style names.
 _VIEW_CODES = {

@@ -26,8 +26,13 @@ from mammo_tf.config import MAX_INTENSITY
 from mammo_tf.io import header
 from mammo_tf.io import metadata
 from mammo_tf.io import rules as rules_lib
-from mammo_tf.io.header import DicomError, Source, fail
-from mammo_tf.io.intensity import FrameMapper, IntensityRule, table_domain, table_index
+from mammo_tf.io.header import DicomError
+from mammo_tf.io.header import Source
+from mammo_tf.io.header import fail
+from mammo_tf.io.intensity import FrameMapper
+from mammo_tf.io.intensity import IntensityRule
+from mammo_tf.io.intensity import table_domain
+from mammo_tf.io.intensity import table_index
 from mammo_tf.io.metadata import DicomMeta
 
 

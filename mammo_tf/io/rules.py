@@ -32,9 +32,16 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from mammo_tf.io.header import Source, fail, first_item, float_attr, int_attr, short
+from mammo_tf.io.header import Source
+from mammo_tf.io.header import fail
+from mammo_tf.io.header import first_item
+from mammo_tf.io.header import float_attr
+from mammo_tf.io.header import int_attr
+from mammo_tf.io.header import short
 from mammo_tf.io.intensity import IntensityRule
-from mammo_tf.io.voi import FUNCTIONS, Lut, Window
+from mammo_tf.io.voi import FUNCTIONS
+from mammo_tf.io.voi import Lut
+from mammo_tf.io.voi import Window
 
 INTENSITY_RULES = ("auto", "window", "range", "bits")
 RANGE_PERCENTILES = (0.05, 99.95)

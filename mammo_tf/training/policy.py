@@ -147,6 +147,7 @@ def plot_policy_comparison(raw_path: str, hm_path: str, out_path: str,
 def policy_figure_image(summary: Mapping[str, Any], title: str = "policy") -> np.ndarray:
   """Fig. 3 bars as a uint8 image ``[1, H, W, 4]`` (for TensorBoard)."""
   import tempfile
+
   import tensorflow as tf
   with tempfile.TemporaryDirectory() as tmp:
     path = plot_policy({"": summary}, os.path.join(tmp, "p.png"), title=title)

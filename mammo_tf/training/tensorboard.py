@@ -30,17 +30,17 @@ import math
 import os
 from typing import Mapping
 
+import matplotlib
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tensorflow.core.util import event_pb2
 
-import matplotlib
 matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402  (after selecting the Agg backend)
-from sklearn import metrics as sk_metrics  # noqa: E402
+from matplotlib import pyplot as plt
+from sklearn import metrics as sk_metrics
 
-from mammo_tf.config import MAX_INTENSITY  # noqa: E402
+from mammo_tf.config import MAX_INTENSITY
 
 PR_CURVE_PLUGIN = "pr_curves"
 SCALARS_PLUGIN = "scalars"

@@ -10,15 +10,13 @@ import pydicom
 import pytest
 from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_voi_lut
-from pydicom.uid import (
-  DeflatedExplicitVRLittleEndian,
-  ExplicitVRLittleEndian,
-  ImplicitVRLittleEndian,
-  JPEG2000Lossless,
-  JPEGLossless,
-  JPEGLosslessSV1,
-  RLELossless,
-)
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEGLossless
+from pydicom.uid import JPEGLosslessSV1
+from pydicom.uid import RLELossless
 
 from mammo_tf.io import dicom
 from mammo_tf.io.dicom import DicomError

@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, apply_windowing
+from pydicom.pixels.processing import apply_modality_lut
+from pydicom.pixels.processing import apply_voi_lut
+from pydicom.pixels.processing import apply_windowing
 from pydicom.uid import JPEG2000Lossless
 
 from mammo_tf.io import dicom
