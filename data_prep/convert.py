@@ -51,8 +51,8 @@ flags.DEFINE_enum("canonical_laterality", None, ["L", "R", ""],
 flags.DEFINE_enum("intensity", None, ["auto", "window", "range", "bits"],
                   "DICOM -> 0..4095 rule (default: the preset's, auto): auto = the file's VOI "
                   "window, else its robust used range; window; range; bits = [0, 2^BitsStored-1].")
-flags.DEFINE_integer("voi_index", None, "Which VOI window / LUT of a file to apply (0 = the first).",
-                     lower_bound=0)
+flags.DEFINE_integer("voi_index", None,
+                     "Which VOI window / LUT of a file to apply (0 = the first).", lower_bound=0)
 flags.DEFINE_float("shard_size_mb", None,
                    "Target shard size in MiB: each (domain, split, class) gets enough shards of "
                    "about this size (sets data.num_shards=0; default: the preset's sizing).",

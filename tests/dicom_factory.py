@@ -6,11 +6,12 @@
 * `write_dbt_slices`: a directory of single-frame slices with ImagePositionPatient /
   ImageOrientationPatient / InstanceNumber, written in shuffled file-name order.
 
-Transfer syntaxes: Explicit/Implicit VR Little Endian, Deflated Explicit VR Little Endian (written by
-pydicom), RLE Lossless (pydicom's native encoder), JPEG 2000 Lossless (pydicom + pylibjpeg-openjpeg)
-and JPEG Lossless Process 14 (SV1 `1.2.840.10008.1.2.4.70` and `1.2.840.10008.1.2.4.57`), for which
-pydicom has no encoder: `encode_jpeg_lossless` below is a small ITU T.81 process-14 encoder
-(predictor 1, one component, 2..16-bit precision, Huffman table optimised for the data).
+Transfer syntaxes: Explicit/Implicit VR Little Endian, Deflated Explicit VR Little Endian
+(written by pydicom), RLE Lossless (pydicom's native encoder), JPEG 2000 Lossless (pydicom +
+pylibjpeg-openjpeg) and JPEG Lossless Process 14 (SV1 `1.2.840.10008.1.2.4.70` and
+`1.2.840.10008.1.2.4.57`), for which pydicom has no encoder: `encode_jpeg_lossless` below is a
+small ITU T.81 process-14 encoder (predictor 1, one component, 2..16-bit precision, Huffman
+table optimised for the data).
 
 `pixels` are always the STORED values (before any rescale); the dtype written follows
 `bits_allocated` / `pixel_representation`. Every writer takes `**kw`: DICOM keywords set verbatim on
@@ -76,8 +77,10 @@ def _huffman_lengths(freqs: dict[int, int]) -> dict[int, int]:
   return lengths
 
 
-def _build_huffman_table(categories: np.ndarray) -> tuple[list[int], list[int], dict[int, tuple[int, int]]]:
-  """T.81 Annex K.2/K.3 table for the SSSS categories: (BITS[1..16], HUFFVAL, symbol -> (code, len))."""
+def _build_huffman_table(categories: np.ndarray
+                         ) -> tuple[list[int], list[int], dict[int, tuple[int, int]]]:
+  """T.81 Annex K.2/K.3 table for the SSSS categories: (BITS[1..16], HUFFVAL,
+  symbol -> (code, len))."""
   counts = np.bincount(categories, minlength=17)
   freqs = {int(s): int(c) for s, c in enumerate(counts) if c > 0}
   dummy = 256  # reserves the all-ones code point (K.2)
@@ -324,7 +327,8 @@ def _encode_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: UID, precis
     return
   if transfer_syntax in (RLELossless, JPEG2000Lossless):
     if transfer_syntax == JPEG2000Lossless and min(ds.Rows, ds.Columns) < 32:
-      raise ValueError("pylibjpeg-openjpeg encodes 6 DWT resolutions: rows and columns must be >= 32")
+      raise ValueError("pylibjpeg-openjpeg encodes 6 DWT resolutions: rows and columns must be "
+                       ">= 32")
     ds.compress(transfer_syntax, stored, generate_instance_uid=False)
     return
   if transfer_syntax.is_encapsulated:
@@ -447,7 +451,8 @@ def write_dbt(
   sop_class_uid=DBT_SOP_CLASS,
   **kw,
 ) -> Path:
-  """Writes a multi-frame Breast Tomosynthesis Image Storage file; `frames` is [F, H, W] stored values.
+  """Writes a multi-frame Breast Tomosynthesis Image Storage file; `frames` is [F, H, W] stored
+  values.
 
   `rescale_location`: "shared" (SharedFunctionalGroupsSequence > PixelValueTransformationSequence,
   the enhanced-IOD place), "per_frame" (PerFrameFunctionalGroupsSequence; `slope`/`intercept` may
@@ -548,7 +553,8 @@ def write_dbt_slices(
   frames = list(frames)
   n = len(frames)
   positions = list(positions) if positions is not None else [float(k) for k in range(n)]
-  instance_numbers = list(instance_numbers) if instance_numbers is not None else list(range(1, n + 1))
+  instance_numbers = (list(instance_numbers) if instance_numbers is not None
+                      else list(range(1, n + 1)))
   o = np.asarray(orientation, float)
   normal = np.cross(o[:3], o[3:])
   names = np.random.default_rng(shuffle_seed).permutation(n)

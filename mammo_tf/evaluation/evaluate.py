@@ -315,7 +315,7 @@ def plot_roc_curves(curves: Sequence[tuple[str, Mapping[str, Any]]], path: str,
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, result) in enumerate(curves):
       colour = colours[i % len(colours)]
-      for j, (seed, pts) in enumerate(sorted(result["roc"].items())):
+      for j, (_, pts) in enumerate(sorted(result["roc"].items())):
         label = (f"{name}: {result['mean']:.3f} ± {result['std']:.3f}" if j == 0 else None)
         ax.plot(pts["fpr"], pts["tpr"], color=colour, alpha=0.8, lw=1.2, label=label,
                 drawstyle="default")

@@ -53,7 +53,8 @@ def stage_of(unit_names: Sequence[str]) -> list[int]:
 
 def policy_summary(gates: np.ndarray, labels: np.ndarray, unit_names: Sequence[str], *,
                    decision: str, split: str = "val", **extra: Any) -> dict[str, Any]:
-  """The content of ``policy.json`` for hard decisions ``gates [N, T]`` and binary ``labels [N]``."""
+  """The content of ``policy.json`` for hard decisions ``gates [N, T]`` and binary
+  ``labels [N]``."""
   gates = np.asarray(gates)
   labels = np.asarray(labels).reshape(-1) > 0.5
   if gates.shape != (labels.shape[0], len(unit_names)):

@@ -8,19 +8,19 @@ event files are the ones `tf.summary.scalar` etc. would write and read normally 
 
 Tags written by the jobs (``tb/train`` and ``tb/val`` runs):
 
-============================  =====  =================================================================
+============================  =====  ===============================================================
 tag                           run    content
-============================  =====  =================================================================
+============================  =====  ===============================================================
 ``loss``                      train  mean cross-entropy of the epoch (without the L2 term)
 ``total_loss``                train  cross-entropy + coupled L2 term
 ``auc``                       train  `keras.metrics.AUC` over the epoch's training batches
 ``learning_rate``             train  the optimiser's learning rate (``policy_learning_rate`` too)
-``patches``                   train  a grid of the epoch's first input patches (bright frame = positive)
+``patches``                   train  a grid of the epoch's first patches (bright frame: positive)
 ``auc``                       val    ROC AUC (scikit-learn) on the fixed-seed validation patches
 ``roc_curve``                 val    the validation ROC curve as an image
-``pr_curve``                  val    precision/recall curve in the TensorBoard PR-curves plugin format
+``pr_curve``                  val    precision/recall curve in TensorBoard's PR-curves plugin format
 ``policy/...``                val    SpotTune: fraction of inputs routed to each unit's tuned copy
-============================  =====  =================================================================
+============================  =====  ===============================================================
 """
 
 from __future__ import annotations

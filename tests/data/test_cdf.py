@@ -59,8 +59,10 @@ def test_average_cdf_weights_images_equally_and_masks_background(tmp_path):
   b = np.full((2, 2), 20, np.uint16)
   avg = cdf.average_cdf([cdf.image_cdf(a), cdf.image_cdf(b)])
   assert avg[9] == 0 and avg[10] == 0.5 and avg[19] == 0.5 and avg[20] == 1.0
-  mask = np.zeros((4, 4), bool); mask[0, 0] = True
-  img = np.zeros((4, 4), np.uint16); img[0, 0] = 7
+  mask = np.zeros((4, 4), bool)
+  mask[0, 0] = True
+  img = np.zeros((4, 4), np.uint16)
+  img[0, 0] = 7
   c = cdf.image_cdf(img, mask)
   assert c[6] == 0 and c[7] == 1
   path = str(tmp_path / "cdf_ffdm.npz")

@@ -68,7 +68,8 @@ class TestTo12BitGolden:
     np.testing.assert_array_equal(out, [4095, 4094, 2047, 0])
 
   def test_16bit_scales_and_rounds(self, size):
-    # y = floor(s * 4095 / 65535 + 0.5): 8 -> 0.49989 -> 0, 9 -> 0.5624 -> 1, 32768 -> 2047.53 -> 2048
+    # y = floor(s * 4095 / 65535 + 0.5): 8 -> 0.49989 -> 0, 9 -> 0.5624 -> 1,
+    # 32768 -> 2047.53 -> 2048
     out = self.run([0, 1, 8, 9, 32768, 65535], size, bits_stored=16)
     np.testing.assert_array_equal(out, [0, 0, 0, 1, 2048, 4095])
 
@@ -78,7 +79,8 @@ class TestTo12BitGolden:
     np.testing.assert_array_equal(out, [0, 2047, 2048, 4095])
 
   def test_10bit_monochrome1(self, size):
-    # MONOCHROME1 about 1023, then * 4095 / 1023: 1023 -> 0, 0 -> 4095, 511 -> 512*4.00293 = 2049.5 -> 2050
+    # MONOCHROME1 about 1023, then * 4095 / 1023: 1023 -> 0, 0 -> 4095,
+    # 511 -> 512*4.00293 = 2049.5 -> 2050
     out = self.run([1023, 0, 511], size, bits_stored=10, photometric="MONOCHROME1")
     np.testing.assert_array_equal(out, [0, 4095, 2050])
 
@@ -238,7 +240,8 @@ def test_every_transfer_syntax_decodes_to_the_same_12bit_image(tmp_path, syntax,
   else:
     kw = dict(bits_stored=16, slope=1, intercept=-300)
     stored = _breast((72, 56), 16, seed=1)
-  reference, _ = dicom.read_ffdm(factory.write_ffdm(tmp_path / "ref.dcm", stored, **kw), intensity="bits")
+  reference, _ = dicom.read_ffdm(factory.write_ffdm(tmp_path / "ref.dcm", stored, **kw),
+                                 intensity="bits")
   path = factory.write_ffdm(tmp_path / "x.dcm", stored, transfer_syntax=syntax, **kw)
   assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
   image, meta = dicom.read_ffdm(path, intensity="bits")
@@ -367,7 +370,8 @@ def test_slice_directory_sorting_along_an_oblique_normal_and_by_instance_number(
   # Oblique orientation: the normal is not z; positions along it are [2, 0, 3, 1, 4].
   c, s = np.cos(0.3), np.sin(0.3)
   paths = factory.write_dbt_slices(tmp_path / "a", volume, positions=[2, 0, 3, 1, 4],
-                                   orientation=(c, s, 0.0, -s, c, 0.0), instance_numbers=[5, 4, 3, 2, 1])
+                                   orientation=(c, s, 0.0, -s, c, 0.0),
+                                   instance_numbers=[5, 4, 3, 2, 1])
   assert dicom.list_dbt_slices(tmp_path / "a") == [paths[i] for i in (1, 3, 0, 2, 4)]
   # No positions: InstanceNumber decides.
   paths = factory.write_dbt_slices(tmp_path / "b", volume, write_positions=False,
@@ -550,7 +554,8 @@ def test_read_image_dispatches(tmp_path):
   f = factory.write_ffdm(tmp_path / "a.dcm", stored)
   v = factory.write_dbt(tmp_path / "v.dcm", _volume(3))
   np.testing.assert_array_equal(dicom.read_image(f, "ffdm", intensity="bits")[0], stored)
-  np.testing.assert_array_equal(dicom.read_image(v, "dbt", intensity="bits")[0], _volume(3).max(axis=0))
+  np.testing.assert_array_equal(dicom.read_image(v, "dbt", intensity="bits")[0],
+                                _volume(3).max(axis=0))
   with pytest.raises(ValueError):
     dicom.read_image(f, "mri", intensity="bits")
 
