@@ -207,7 +207,9 @@ def heatmap_for_dicom(model_path: str, dicom_path: str, out_png: str,
   from mammo_tf.evaluation import evaluate
   from mammo_tf.io import dicom
   domain = detect_domain(dicom_path) if domain == "auto" else domain
-  original, _ = dicom.read_image(dicom_path, domain, apply_voi_lut=cfg.data.apply_voi_lut)
+  original, _ = dicom.read_image(dicom_path, domain, intensity=cfg.data.intensity,
+                                 voi_index=cfg.data.voi_index,
+                                 apply_voi_lut=cfg.data.apply_voi_lut)
   factor = int(cfg.data.downsample)
   try:
     stored = convert.block_mean(original, factor)  # exactly as the converter stores images
