@@ -626,3 +626,13 @@ def write_native_volume(path, shape: tuple[int, int, int], *, value_fn=None, bit
 
 def file_size(path) -> int:
   return os.path.getsize(path)
+
+
+def half_ellipse_breast(seed: int, shape: tuple[int, int]) -> np.ndarray:
+  """A uint16 image with a left-sided half-ellipse "breast" of uniform noise in 800..3000 on 0."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:shape[0], :shape[1]]
+  inside = ((yy - shape[0] / 2) / (shape[0] * 0.42)) ** 2 + (xx / (shape[1] * 0.75)) ** 2 < 1
+  img = np.zeros(shape)
+  img[inside] = rng.uniform(800, 3000, inside.sum())
+  return img.astype(np.uint16)

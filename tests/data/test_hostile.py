@@ -56,12 +56,7 @@ def _cfg():
 
 
 def _breast(seed, shape=(96, 80)):
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:shape[0], :shape[1]]
-  inside = ((yy - shape[0] / 2) / (shape[0] * 0.42)) ** 2 + (xx / (shape[1] * 0.75)) ** 2 < 1
-  img = np.zeros(shape)
-  img[inside] = rng.uniform(800, 3000, inside.sum())
-  return img.astype(np.uint16)
+  return fac.half_ellipse_breast(seed, shape)
 
 
 def _manifest(path, rows):
