@@ -12,3 +12,13 @@ def tree_bytes(root):
       with open(p, "rb") as f:
         out[os.path.relpath(p, root)] = f.read()
   return out
+
+
+def tree_mtimes(root):
+  """{relative path: modification time in ns} of every file under `root`."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      p = os.path.join(dirpath, name)
+      out[os.path.relpath(p, root)] = os.stat(p).st_mtime_ns
+  return out

@@ -18,18 +18,13 @@ from mammo_tf.evaluation import evaluate as evaluate_lib
 from mammo_tf.evaluation import shift
 from mammo_tf.evaluation import study_figures
 from mammo_tf.io import workdir_names as names
+from tests import trees
 
 FACTORS = (1.0, 1.5, 2.25, 3.4)
 OVERRIDES = {"data.samples_per_epoch": 16}
 
 
-def _files(workdir):
-  out = {}
-  for dirpath, _, files in os.walk(workdir):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      out[os.path.relpath(p, workdir)] = os.stat(p).st_mtime_ns
-  return out
+_files = trees.tree_mtimes
 
 
 def _no_training(*args):

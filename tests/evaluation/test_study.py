@@ -15,6 +15,7 @@ import pytest
 from mammo_tf import config
 from mammo_tf.evaluation import study
 from tests import tfrecord_factory
+from tests import trees
 
 OVERRIDES = {"data.samples_per_epoch": 16, "train.epochs": 1, "train.finetune_epochs": 1,
              "train.spottune_epochs": 1}
@@ -40,13 +41,7 @@ class CountingTrainers:
                           wrap("spottune", self._real.train_spottune))
 
 
-def _mtimes(workdir):
-  out = {}
-  for dirpath, _, files in os.walk(workdir):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      out[os.path.relpath(p, workdir)] = os.stat(p).st_mtime_ns
-  return out
+_mtimes = trees.tree_mtimes
 
 
 @pytest.fixture(scope="module")
