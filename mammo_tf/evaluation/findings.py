@@ -16,6 +16,9 @@ from typing import Any, Mapping, Sequence
 # keeps the AUC near its level-0 value.
 SHIFT_DROP = 0.08     # test-only AUC at the largest shift at least this far below level 0
 HM_TOLERANCE = 0.04   # HM AUC within this of its own level-0 value at every level
+# Model-free: HM "undoes" a level when it removes at least this share of the mean per-image
+# difference to the level-0 renderings (what is left is the stored values' quantisation).
+RESIDUAL_UNDONE = 0.95
 
 
 def _num(v: Any) -> float | None:
@@ -116,9 +119,41 @@ def shift_sentences(shift: Mapping[str, Any]) -> list[str]:
                "this cohort gives histogram matching little to recover.")
   else:
     out.append(f"The shift costs the model AUC, but histogram matching does not hold it within "
-               f"{HM_TOLERANCE} of level 0: more than the intensity histogram changes (e.g. "
-               "quantisation of the compressed range) or the level's c.d.f. is too noisy.")
+               f"{HM_TOLERANCE} of level 0.")
+  out.extend(_residual_sentences(shift))
+  out.extend(_adaptation_sentences(shift))
   return out
+
+
+def _adaptation_sentences(shift: Mapping[str, Any]) -> list[str]:
+  """Fine-tuning and SpotTune at the largest shift, with the least and the most target data."""
+  if "target_fractions" not in shift:
+    return []
+  fractions = shift["target_fractions"]
+  fmt = lambda v: "n/a" if _num(v) is None else f"{v:.3f}"
+  parts = []
+  for key, label in (("finetune", "FC-only fine-tuning"), ("spottune", "SpotTune")):
+    row = shift[f"{key}_by_fraction"][-1]
+    parts.append(f"{label} {fmt(row[0])} with {100 * fractions[0]:g}% and {fmt(row[-1])} with "
+                 f"{100 * fractions[-1]:g}% of the target training patients")
+  return [f"Adapting to the largest shift instead: {'; '.join(parts)} (test only "
+          f"{fmt(shift['test_only'][-1])}, with HM {fmt(shift['hm'][-1])})."]
+
+
+def _residual_sentences(shift: Mapping[str, Any]) -> list[str]:
+  """What HM undoes image by image at the largest shift (no model), when shift.json has it."""
+  if "residual_hm" not in shift:
+    return []
+  before, after = shift["residual_test_only"][-1], shift["residual_hm"][-1]
+  removed = 1.0 - after / before if before > 0 else 1.0
+  text = (f"Image by image (no model), the test images at the largest shift differ from their "
+          f"level-0 renderings by {before:.0f} grey levels on average, {after:.0f} after "
+          f"histogram matching ({100 * removed:.1f}% removed).")
+  if removed >= RESIDUAL_UNDONE:
+    return [text + " The shift is one monotone map for all images, which the table undoes."]
+  return [text + " What is left is no single map shared by all images (for example each file's "
+          "own VOI window applied after the shift) or was lost to quantisation: one table per "
+          "domain cannot undo it."]
 
 
 def what_the_demo_shows(results: Mapping[str, Any] | None,
@@ -135,9 +170,18 @@ def what_the_demo_shows(results: Mapping[str, Any] | None,
 def shift_table(shift: Mapping[str, Any]) -> tuple[Sequence[str], list[list[str]]]:
   """(header, rows) of the shift levels for the report."""
   fmt = lambda m, s: "n/a" if _num(m) is None else f"{m:.3f} ± {(_num(s) or 0.0):.3f}"
-  header = ("Level", "Response power", "Distance", "Test only", "With HM")
+  header = ["Level", "Response power", "Distance", "Test only", "With HM"]
   rows = [[str(j), f"{f:g}", f"{d:.3f}", fmt(t, ts), fmt(h, hs)]
           for j, f, d, t, ts, h, hs in zip(shift["levels"], shift["factor"], shift["distance"],
                                            shift["test_only"], shift["test_only_std"],
                                            shift["hm"], shift["hm_std"])]
+  for key, label in (("finetune", "FC-only fine-tuning"), ("spottune", "SpotTune")):
+    if key in shift:
+      header.append(f"{label} ({100 * shift['target_fractions'][-1]:g}% target data)")
+      for row, m, sd in zip(rows, shift[key], shift[f"{key}_std"]):
+        row.append(fmt(m, sd))
+  if "residual_hm" in shift:
+    header.append("Image residual, as read -> with HM")
+    for row, b, a in zip(rows, shift["residual_test_only"], shift["residual_hm"]):
+      row.append(f"{b:.0f} -> {a:.0f}")
   return header, rows

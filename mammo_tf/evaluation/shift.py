@@ -15,6 +15,11 @@ the training one; that is the figure's x axis.
 Held apart: each level's average c.d.f. (and so its HM table) is built from the validation
 patients rendered at that level, never from the test images it is scored on.
 
+Model-free check (`mammo_tf.evaluation.hm_residual`): the same test images at level j and level 0
+are compared pixel by pixel, before and after HM. It separates what HM can undo (a change that
+is one monotone map for all images) from what it cannot (a change that differs per image, such
+as the reader's per-image VOI window applied after the shift under ``data.intensity=auto``).
+
 Work directory (every step resumable; a rerun reuses what is complete)::
 
   W/shift_config.json       config and factors (a rerun must match)
@@ -212,6 +217,16 @@ def evaluate_level(cfg: config_lib.ExperimentConfig, layout: Layout, j: int, fac
   return _read_json(path)
 
 
+def level_residual(layout: Layout, j: int) -> dict[str, Any]:
+  """Model-free: mean per-image |level j - level 0| on the test images, before and after HM."""
+  from mammo_tf.data import cdf
+  from mammo_tf.data import schema
+  from mammo_tf.evaluation import hm_residual
+  data = layout.level(j, "data")
+  lut = cdf.lut_from_files(schema.cdf_path(data, "ffdm"), schema.cdf_path(layout.data, "ffdm"))
+  return hm_residual.intensity_residual(data, layout.level(0, "data"), lut)
+
+
 def summarize_levels(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """The shift.json content: one list per quantity, levels in order (AUC means over seeds)."""
   out: dict[str, Any] = {
@@ -223,8 +238,49 @@ def summarize_levels(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out[m] = [lv[m]["mean"] for lv in levels]
     out[f"{m}_std"] = [lv[m]["std"] for lv in levels]
     out[f"{m}_aucs"] = [lv[m]["aucs"] for lv in levels]
+  if all("residual" in lv for lv in levels):
+    out["residual_test_only"] = [lv["residual"]["before"] for lv in levels]
+    out["residual_hm"] = [lv["residual"]["after"] for lv in levels]
   out["n_images"] = [lv["test_only"]["n_images"] for lv in levels]
   out["n_positive"] = [lv["test_only"]["n_positive"] for lv in levels]
+  return out
+
+
+# -- adaptation at each level (optional) ----------------------------------------------------------
+
+def adapt_level(cfg: config_lib.ExperimentConfig, layout: Layout, j: int, factor: float, *,
+                fractions: Sequence[float], train: Mapping[str, bool], workers: int,
+                trainers: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+  """FC-only fine-tuning and SpotTune at level j on each share of its training patients.
+
+  `train` is ``{patient_id: positive}`` of the training cohort's training patients. Returns
+  ``{method: {fraction_tag: evaluation}}`` (see `mammo_tf.evaluation.shift_adapt`).
+  """
+  from mammo_tf.evaluation import shift_adapt
+  root = layout.path("adapt", str(j))
+  train_manifest = ensure_cohort(cfg, os.path.join(root, "cohort"), workers=workers,
+                                 patients=sorted(int(p[3:]) for p in train), factor=factor,
+                                 splits={p: "train" for p in train})
+  level_manifest = os.path.join(layout.level(j, "cohort"), "manifest.csv")
+  base = os.path.join(layout.base, names.MODEL_FILE)
+  out: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in shift_adapt.METHODS}
+  for fraction in fractions:
+    tag = shift_adapt.fraction_tag(fraction)
+    share = os.path.join(root, tag)
+    data = os.path.join(share, "data")
+    if not _step_done(data):
+      chosen = shift_adapt.training_subset(train, fraction, cfg.seed)
+      manifest = shift_adapt.write_subset_manifest(share, train_manifest, level_manifest, chosen)
+      ensure_data(cfg, manifest, data, workers=workers)
+    for method in shift_adapt.METHODS:
+      run_dir = os.path.join(share, method)
+      if not _step_done(run_dir):
+        trainers[method](cfg, data, base, run_dir)
+      out[method][tag] = shift_adapt.evaluate_adapted(
+          cfg, run_dir, layout.level(j, "data"),
+          layout.path(names.EVAL_DIR, f"level{j}_{method}_{tag}.json"),
+          {"level": j, "factor": float(factor), "fraction": float(fraction)})
+  shift_adapt.log_level(j, fractions, out)
   return out
 
 
@@ -237,18 +293,26 @@ def _default_train_base() -> Callable[..., Any]:
 
 def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
                     factors: Sequence[float] = DEFAULT_FACTORS, workers: int = 2,
-                    train_base: Callable[..., Any] | None = None) -> dict[str, Any]:
+                    train_base: Callable[..., Any] | None = None,
+                    fractions: Sequence[float] | None = None,
+                    adapt_trainers: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Runs or resumes the whole experiment; writes W/shift.json and W/shift.png; returns the JSON.
 
   `factors` are the response powers of the levels; the first must be 1 (the training response)
   and they must increase. `train_base(cfg, data_dir, workdir)` defaults to
-  `mammo_tf.training.jobs.train_base`.
+  `mammo_tf.training.jobs.train_base`. With `fractions` (shares of the training patients, e.g.
+  ``shift_adapt.DEFAULT_FRACTIONS``) each level also gets FC-only fine-tuning and SpotTune on
+  that much target data (`adapt_level`; `adapt_trainers` defaults to
+  `shift_adapt.default_trainers()`).
   """
   from mammo_tf.evaluation import evaluate as evaluate_lib
+  from mammo_tf.evaluation import shift_adapt
   from mammo_tf.evaluation import study_figures
   factors = [float(f) for f in factors]
   if len(factors) < 2 or factors[0] != 1.0 or any(b <= a for a, b in zip(factors, factors[1:])):
     raise ValueError(f"levels must start at 1 and increase, got {factors}")
+  if fractions is not None:
+    fractions = shift_adapt.check_fractions(fractions)
   layout = Layout(workdir)
   os.makedirs(workdir, exist_ok=True)
   check_config(cfg, factors, layout)
@@ -256,7 +320,8 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
   ensure_data(cfg, manifest, layout.data, workers=workers)
   if not _step_done(layout.base):
     (train_base or _default_train_base())(cfg, layout.data, layout.base)
-  indices, level_splits = level_patients(patient_splits(cfg, manifest))
+  base_splits = patient_splits(cfg, manifest)
+  indices, level_splits = level_patients(base_splits)
   loaded: dict[str, Any] = {}
 
   def predictor():
@@ -270,17 +335,31 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
     level_manifest = ensure_cohort(cfg, layout.level(j, "cohort"), workers=workers,
                                    patients=indices, factor=factor, splits=level_splits)
     ensure_data(cfg, level_manifest, layout.level(j, "data"), workers=workers)
-    lv = evaluate_level(cfg, layout, j, factor, predictor, stamp)
-    logging.info("level %d (factor %g, distance %.3f): test only %s, HM %s", j, factor,
-                 lv["distance"], lv["test_only"]["mean"], lv["hm"]["mean"])
+    lv = dict(evaluate_level(cfg, layout, j, factor, predictor, stamp),
+              residual=level_residual(layout, j))
+    logging.info("level %d (factor %g, distance %.3f): test only %s, HM %s; per-image "
+                 "residual %.1f -> %.1f grey levels", j, factor, lv["distance"],
+                 lv["test_only"]["mean"], lv["hm"]["mean"], lv["residual"]["before"],
+                 lv["residual"]["after"])
     levels.append(lv)
-  result = dict(summarize_levels(levels), preset=cfg.name, seed=cfg.seed,
+  result = summarize_levels(levels)
+  if fractions is not None:
+    train = shift_adapt.training_patients(manifest, base_splits)
+    trainers = adapt_trainers or shift_adapt.default_trainers()
+    adapted = [adapt_level(cfg, layout, j, factor, fractions=fractions, train=train,
+                           workers=workers, trainers=trainers)
+               for j, factor in enumerate(factors)]
+    result.update(shift_adapt.summarize(adapted, fractions))
+  result = dict(result, preset=cfg.name, seed=cfg.seed,
                 eval_seeds=[int(s) for s in cfg.data.eval_seeds],
                 family="gamma response u -> u ** (k * factor) of the training vendor "
                        "(factor 1 = the training response)",
                 distance_measure="Kolmogorov distance between the level's average c.d.f. "
                                  "(validation patients) and the training c.d.f.",
-                auc="patch-level ROC AUC on the test patients, mean over the eval seeds")
+                auc="patch-level ROC AUC on the test patients, mean over the eval seeds",
+                residual="mean over the test images of the mean |level j - level 0| over "
+                         "breast pixels (grey levels 0..4095), as read (residual_test_only) "
+                         "and after HM (residual_hm); no model involved")
   files.atomic_write_json(layout.path(names.SHIFT_JSON), run_records.json_safe(result), indent=1,
                           allow_nan=False)
   study_figures.shift_figure(result, layout.path(names.SHIFT_FIGURE))

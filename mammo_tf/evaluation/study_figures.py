@@ -31,34 +31,80 @@ def _pyplot():
 def shift_figure(shift: Mapping[str, Any], path: str) -> str:
   """AUC against the c.d.f. distance, one line per method, error bars = std over the seeds.
 
-  `shift` is the content of shift.json; undefined AUCs (None) are left out of their line.
+  `shift` is the content of shift.json; undefined AUCs (None) are left out of their line. When
+  it holds the model-free residuals, a second panel shows them against the same distance.
   """
-  from mammo_tf.evaluation import shift as shift_lib
   plt = _pyplot()
-  x = np.asarray(shift["distance"], np.float64)
-  fig, ax = plt.subplots(figsize=(5.6, 4.2), dpi=100)
+  panels = [_shift_auc_panel]
+  if "residual_hm" in shift:
+    panels.append(_shift_residual_panel)
+  if "target_fractions" in shift:
+    panels.append(_shift_fraction_panel)
+  fig, axes = plt.subplots(1, len(panels), figsize=(0.6 + 5.0 * len(panels), 4.2), dpi=100,
+                           squeeze=False)
   try:
-    for method, marker in zip(shift_lib.METHODS, ("o", "s")):
-      y = np.array([np.nan if v is None else v for v in shift[method]], np.float64)
-      e = np.array([np.nan if v is None else v for v in shift[f"{method}_std"]], np.float64)
-      ok = np.isfinite(y)
-      ax.errorbar(x[ok], y[ok], yerr=np.nan_to_num(e[ok]), marker=marker, capsize=3,
-                  label=shift_lib.METHOD_LABELS[method])
-    for xi, f in zip(x, shift["factor"]):
-      ax.annotate(f"x{f:g}", (xi, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
-                  textcoords="offset points", ha="center", fontsize=7, color="0.4")
-    ax.axhline(0.5, color="0.7", lw=0.8, ls=":")
-    ax.set_xlabel("Kolmogorov distance to the training c.d.f.")
-    ax.set_ylabel(f"ROC AUC (mean ± std, seeds {', '.join(map(str, shift['eval_seeds']))})")
-    ax.set_title(f"FFDM model under a controlled intensity shift ({shift['preset']})",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    for ax, panel in zip(axes[0], panels):
+      panel(ax, shift)
     fig.tight_layout()
     fig.savefig(path)
   finally:
     plt.close(fig)
   return path
+
+
+def _shift_methods(shift: Mapping[str, Any]) -> list[tuple[str, str]]:
+  """(key, label) of the methods shift.json holds, in the table's order."""
+  from mammo_tf.evaluation import shift as shift_lib
+  from mammo_tf.evaluation import shift_adapt
+  labels = dict(shift_lib.METHOD_LABELS, **shift_adapt.METHOD_LABELS)
+  return [(m, labels[m]) for m in (*shift_lib.METHODS, *shift_adapt.METHODS) if m in shift]
+
+
+def _shift_auc_panel(ax: Any, shift: Mapping[str, Any]) -> None:
+  x = np.asarray(shift["distance"], np.float64)
+  for (method, label), marker in zip(_shift_methods(shift), ("o", "s", "^", "D")):
+    y = np.array([np.nan if v is None else v for v in shift[method]], np.float64)
+    e = np.array([np.nan if v is None else v for v in shift[f"{method}_std"]], np.float64)
+    ok = np.isfinite(y)
+    ax.errorbar(x[ok], y[ok], yerr=np.nan_to_num(e[ok]), marker=marker, capsize=3, label=label)
+  for xi, f in zip(x, shift["factor"]):
+    ax.annotate(f"x{f:g}", (xi, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                textcoords="offset points", ha="center", fontsize=7, color="0.4")
+  ax.axhline(0.5, color="0.7", lw=0.8, ls=":")
+  ax.set_xlabel("Kolmogorov distance to the training c.d.f.")
+  ax.set_ylabel(f"ROC AUC (mean ± std, seeds {', '.join(map(str, shift['eval_seeds']))})")
+  ax.set_title(f"FFDM model under a controlled intensity shift ({shift['preset']})", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+
+
+def _shift_residual_panel(ax: Any, shift: Mapping[str, Any]) -> None:
+  x = np.asarray(shift["distance"], np.float64)
+  for method, marker, label in (("test_only", "o", "as read"), ("hm", "s", "after HM")):
+    ax.plot(x, shift[f"residual_{method}"], marker=marker, label=label)
+  ax.set_xlabel("Kolmogorov distance to the training c.d.f.")
+  ax.set_ylabel("mean |image - its level-0 rendering| (grey levels)")
+  ax.set_title("What HM undoes, image by image (no model)", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+
+
+def _shift_fraction_panel(ax: Any, shift: Mapping[str, Any]) -> None:
+  """Adapted AUC against the share of target training data, at level 0 and the largest shift."""
+  from mammo_tf.evaluation import shift_adapt
+  pct = 100.0 * np.asarray(shift["target_fractions"], np.float64)
+  last = len(shift["levels"]) - 1
+  for (method, marker), color in zip(zip(shift_adapt.METHODS, ("^", "D")), ("C2", "C3")):
+    for j, style in ((0, "--"), (last, "-")):
+      y = np.array([np.nan if v is None else v for v in shift[f"{method}_by_fraction"][j]])
+      e = np.array([np.nan if v is None else v for v in shift[f"{method}_by_fraction_std"][j]])
+      ax.errorbar(pct, y, yerr=np.nan_to_num(e), marker=marker, ls=style, color=color, capsize=3,
+                  label=f"{shift_adapt.METHOD_LABELS[method]}, level {shift['levels'][j]}")
+  ax.set_xlabel("target-domain training patients used (%)")
+  ax.set_ylabel("ROC AUC (mean ± std over the seeds)")
+  ax.set_title("Adaptation against the amount of target data", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=7)
 
 
 def _figure(workdir: str, name: str, make: Callable[[str], Any], *, force: bool = False

@@ -78,6 +78,13 @@ def load_base(base_path: str) -> keras.Model:
   return artifacts.load_keras_model(base_path)
 
 
+def domain_info(domain: str) -> dict[str, str]:
+  """``run.json``'s record of an adaptation's target domain (absent for the default, MIP)."""
+  if domain not in config_lib.DOMAINS:
+    raise ValueError(f"unknown domain {domain!r}; choose one of {config_lib.DOMAINS}")
+  return {} if domain == "dbt" else {"domain": domain}
+
+
 class FinetuneTask(loop.Task):
   """FC-only fine-tuning of the FFDM base model on MIP (``dbt``) patches (paper §2.4.2).
 
@@ -88,18 +95,18 @@ class FinetuneTask(loop.Task):
   ``best.keras`` is the classifier alone (apply ``hm_lut.npy`` before it).
   """
   kind = "finetune"
-  domain = "dbt"
 
-  def __init__(self, base_path: str, hm: bool):
+  def __init__(self, base_path: str, hm: bool, domain: str = "dbt"):
     self.base_path = base_path
     self.hm = bool(hm)
+    self.domain = domain
 
   def epochs(self, cfg: config_lib.ExperimentConfig) -> int:
     return cfg.train.finetune_epochs
 
   def run_info(self, cfg: config_lib.ExperimentConfig, workdir: str) -> dict[str, Any]:
     del cfg, workdir
-    return {"base": os.path.abspath(self.base_path), "hm": self.hm}
+    return {"base": os.path.abspath(self.base_path), "hm": self.hm, **domain_info(self.domain)}
 
   def build_model(self, cfg: config_lib.ExperimentConfig) -> keras.Model:
     return freeze_all_but_head(load_base(self.base_path))
@@ -118,7 +125,8 @@ def train_base(cfg: config_lib.ExperimentConfig, data_dir: str, workdir: str, *,
 
 
 def finetune(cfg: config_lib.ExperimentConfig, data_dir: str, base_path: str, workdir: str,
-             hm: bool, *, deterministic: bool = False) -> loop.TrainResult:
-  """Runs `FinetuneTask` from ``base_path`` in ``workdir``; see `loop.run`."""
-  return loop.run(FinetuneTask(base_path, hm), cfg, data_dir, workdir,
+             hm: bool, *, deterministic: bool = False, domain: str = "dbt") -> loop.TrainResult:
+  """Runs `FinetuneTask` from ``base_path`` in ``workdir`` on ``domain``'s patches (default the
+  MIPs; the shift study adapts to shifted FFDM); see `loop.run`."""
+  return loop.run(FinetuneTask(base_path, hm, domain), cfg, data_dir, workdir,
                   deterministic=deterministic)

@@ -73,11 +73,11 @@ class SpotTuneTask(loop.Task):
   per-unit fine-tune fractions on the validation patches.
   """
   kind = "spottune"
-  domain = "dbt"
 
-  def __init__(self, base_path: str, hm: bool):
+  def __init__(self, base_path: str, hm: bool, domain: str = "dbt"):
     self.base_path = base_path
     self.hm = bool(hm)
+    self.domain = domain
     self.unit_names: list[str] = []
     self.policy_path = ""
 
@@ -88,7 +88,8 @@ class SpotTuneTask(loop.Task):
     self.policy_path = os.path.join(workdir, policy_lib.POLICY_FILE)
     return {"base": os.path.abspath(self.base_path), "hm": self.hm,
             "frozen_bn": cfg.train.frozen_bn, "train_stem": cfg.train.train_stem,
-            "policy_eval": cfg.train.policy_eval, "extra_paths": {"policy": self.policy_path}}
+            "policy_eval": cfg.train.policy_eval, "extra_paths": {"policy": self.policy_path},
+            **jobs.domain_info(self.domain)}
 
   def build_model(self, cfg: config_lib.ExperimentConfig) -> keras.Model:
     model = spottune.build_spottune(jobs.load_base(self.base_path), cfg.model, cfg.train,
@@ -129,7 +130,9 @@ class SpotTuneTask(loop.Task):
 
 
 def train_spottune(cfg: config_lib.ExperimentConfig, data_dir: str, base_path: str, workdir: str,
-                   hm: bool, *, deterministic: bool = False) -> loop.TrainResult:
-  """Runs `SpotTuneTask` from ``base_path`` in ``workdir``; see `loop.run`."""
-  return loop.run(SpotTuneTask(base_path, hm), cfg, data_dir, workdir,
+                   hm: bool, *, deterministic: bool = False, domain: str = "dbt"
+                   ) -> loop.TrainResult:
+  """Runs `SpotTuneTask` from ``base_path`` in ``workdir`` on ``domain``'s patches (default the
+  MIPs); see `loop.run`."""
+  return loop.run(SpotTuneTask(base_path, hm, domain), cfg, data_dir, workdir,
                   deterministic=deterministic)

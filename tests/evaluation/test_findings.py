@@ -85,6 +85,24 @@ def test_shift_sentences_follow_the_numbers(test_only, hm, want):
   assert v["hm_max_deviation"] == pytest.approx(max(abs(h - hm[0]) for h in hm))
 
 
+@pytest.mark.parametrize("after,want", [
+    (9.0, "(99.4% removed). The shift is one monotone map for all images"),
+    (301.0, "(80.9% removed). What is left is no single map shared by all images"),
+])
+def test_shift_sentences_report_the_image_residual_when_the_json_has_it(after, want):
+  shift = dict(_shift([0.85, 0.80, 0.75, 0.70, 0.65], [0.85, 0.84, 0.80, 0.75, 0.70]),
+               residual_test_only=[0.0, 400.0, 800.0, 1200.0, 1575.0],
+               residual_hm=[5.0, 6.0, 7.0, 8.0, after])
+  text = " ".join(findings.shift_sentences(shift))
+  assert "differ from their level-0 renderings by 1575 grey levels on average, " \
+         f"{after:.0f} after histogram matching {want}" in text
+  header, rows = findings.shift_table(shift)
+  assert header[-1] == "Image residual, as read -> with HM"
+  assert rows[0][-1] == "0 -> 5" and rows[-1][-1] == f"1575 -> {after:.0f}"
+  plain = " ".join(findings.shift_sentences(_shift([0.85] * 5, [0.85] * 5)))
+  assert "grey levels" not in plain and len(findings.shift_table(_shift([0.8], [0.8]))[0]) == 5
+
+
 def test_shift_sentences_with_an_undefined_level():
   text = findings.shift_sentences(_shift([0.8, None, 0.7, 0.6], [0.8, None, 0.8, 0.8]))
   assert "undefined AUCs" in text[0]

@@ -53,6 +53,11 @@ def test_shift_json_has_one_entry_per_level_at_growing_distance(shift_run):
     for mean, aucs in zip(result[method], result[f"{method}_aucs"]):
       assert len(aucs) == 3 and 0.0 <= mean <= 1.0
       assert mean == pytest.approx(np.mean(aucs), abs=1e-12)
+  # Model-free residuals (values checked by hand in test_hm_residual.py): level 0 is compared with
+  # itself; the shift grows with the level, and HM removes most of it.
+  before, after = result["residual_test_only"], result["residual_hm"]
+  assert before[0] == 0.0 and all(b > a for a, b in zip(before, before[1:])), before
+  assert all(0.0 <= a < b for a, b in zip(after[1:], before[1:])), (before, after)
   # The distance is the Kolmogorov distance of the saved average c.d.f.s (checked by hand).
   train = cdf.load_cdf(schema.cdf_path(os.path.join(workdir, "data"), "ffdm"))
   level3 = cdf.load_cdf(schema.cdf_path(os.path.join(workdir, "levels", "3", "data"), "ffdm"))
