@@ -9,7 +9,7 @@ PRESET ?= demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast demo shift bench clean
 
 $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: install
 	printf 'mammo_tf synthetic demo cohort: public salt\n' > $(DEMO)/cohort/demo.salt
 	$(PY) -m data_prep.convert --manifest $(DEMO)/cohort/manifest.csv --out $(DEMO)/tfrecords --preset $(PRESET) --seed $(SEED) --workers 2 --salt_file $(DEMO)/cohort/demo.salt || [ $$? -eq 1 ]
 	$(PY) -m eval.table2 --data $(DEMO)/tfrecords --workdir $(DEMO)/study --preset $(PRESET) --seed $(SEED)
+
+# The controlled domain-shift experiment (README); joins the demo's report when that is finished.
+shift: install
+	$(PY) -m eval.shift_study --workdir $(DEMO)/shift --preset $(PRESET) --seed $(SEED) $$([ -f $(DEMO)/study/results.json ] && echo --study $(DEMO)/study)
 
 bench: install
 	$(PY) bench/bench_convert.py

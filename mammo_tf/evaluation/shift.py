@@ -29,6 +29,8 @@ Work directory (every step resumable; a rerun reuses what is complete)::
                             validation + test patients rendered at level j (validation images
                             are marked "train" so that the converter builds the c.d.f. on them)
   W/eval/level<j>.json      per-level AUCs (cached on the model and the seeds)
+  W/adapt/<j>/...           optional: fine-tuning and SpotTune at level j on shares of the
+                            training patients (`mammo_tf.evaluation.shift_adapt`)
   W/shift.json  W/shift.png
 """
 

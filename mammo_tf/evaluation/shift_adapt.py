@@ -102,15 +102,14 @@ def write_subset_manifest(out: str, train_manifest: str, level_manifest: str,
   keep = set(chosen)
   rows = []
   columns: list[str] = []
-  for path, rename in ((train_manifest, {"train": "train"}),
-                       (level_manifest, {"train": "val", "test": "test"})):
+  for path, rename, wanted in (
+      (train_manifest, {"train": "train"}, lambda pid: pid in keep),
+      (level_manifest, {"train": "val", "test": "test"}, lambda pid: True)):
     columns, found = _csv_rows(path)
     base = os.path.dirname(os.path.abspath(path))
-    for row in found:
-      if path == train_manifest and row["patient_id"] not in keep:
-        continue
-      rows.append(dict(row, split=rename[row["split"]],
-                       path=os.path.normpath(os.path.join(base, row["path"]))))
+    rows.extend(dict(row, split=rename[row["split"]],
+                     path=os.path.normpath(os.path.join(base, row["path"])))
+                for row in found if wanted(row["patient_id"]))
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
   writer.writeheader()

@@ -61,7 +61,8 @@ def test_subset_manifest_keeps_the_chosen_training_patients_and_the_levels_val_a
   (tmp_path / "train").mkdir()
   (tmp_path / "level").mkdir()
   (tmp_path / "train" / "manifest.csv").write_text(
-      header + "A,A1,A1c,ffdm,dicom/a.dcm,normal,train\nB,B1,B1c,ffdm,dicom/b.dcm,malignant,train\n")
+      header + "A,A1,A1c,ffdm,dicom/a.dcm,normal,train\n"
+      "B,B1,B1c,ffdm,dicom/b.dcm,malignant,train\n")
   (tmp_path / "level" / "manifest.csv").write_text(
       header + "V,V1,V1c,ffdm,dicom/v.dcm,normal,train\nT,T1,T1c,ffdm,dicom/t.dcm,benign,test\n")
   out = tmp_path / "share"
