@@ -9,6 +9,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +137,37 @@ def test_adaptation_resumes_without_training_again(adapt_run):
   plain = shift.run_shift_study(cfg, workdir, factors=FACTORS, workers=1,
                                 train_base=_no_training)
   assert "finetune" not in plain and plain["hm"] == result["hm"]
+
+
+def _cli(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "eval.shift_study", *args], capture_output=True,
+                        text=True, timeout=600, env=env,
+                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+@pytest.mark.slow
+def test_command_line_resumes_the_study_and_prints_every_column(adapt_run):
+  _, workdir, result = adapt_run
+  proc = _cli("--workdir", workdir, "--preset", "tiny", "--levels", "1,5", "--adapt",
+              "--target_fractions", "0.5,1", "--override", "data.samples_per_epoch=16")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("    ")]
+  assert len(rows) == len(FACTORS)
+  for i, row in enumerate(rows):
+    assert row[:3] == [str(i), f"{FACTORS[i]:g}", f"{result['distance'][i]:.3f}"]
+    assert row[3:7] == [f"{result[k][i]:.3f}" for k in ("test_only", "hm", "finetune",
+                                                        "spottune")]
+    assert row[7:] == [f"{result['residual_test_only'][i]:.0f}", "->",
+                       f"{result['residual_hm'][i]:.0f}"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--adapt", "--target_fractions", "0.5,0.25"], "target-data fractions must increase"),
+    (["--levels", "2,3"], "levels must start at 1"),
+])
+def test_command_line_refuses_bad_values_with_one_line(tmp_path, flags, message):
+  proc = _cli("--workdir", str(tmp_path / "W"), "--preset", "tiny", *flags)
+  assert proc.returncode == 2
+  assert message in proc.stderr and "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "W" / names.SHIFT_JSON)
