@@ -19,7 +19,7 @@ Usage in an entry point::
 `main(argv)` may return 0/1/2. Exceptions are mapped by `exit_code`: `UserError`, `ValueError`
 (bad values: config validation, `DicomError`, manifest errors), `OSError` (missing files,
 permissions, disk full), absl's `UsageError` and flag errors exit 2 with one line; anything else
-exits 3 with its traceback.
+exits 3 with its traceback. ``--help`` (and ``--helpfull``, ``-h``) print the flags and exit 0.
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ def wrap(main: Callable[[Sequence[str]], int | None],
   return wrapped
 
 
+# absl prints the help for these and then exits 1; asking for help is not a failure.
+_HELP_FLAGS = frozenset(f"{dash}{name}" for dash in ("-", "--")
+                        for name in ("help", "h", "?", "helpshort", "helpfull", "helpxml"))
+
+
 def _parse_flags(argv: Sequence[str]):
   from absl import flags
   try:
@@ -117,6 +122,10 @@ def _parse_flags(argv: Sequence[str]):
   except flags.Error as e:
     print(f"error: {' '.join(str(e).split())} (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_USER)
+  except SystemExit as e:
+    if e.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(EXIT_OK)
+    raise
 
 
 def run(main: Callable[[Sequence[str]], int | None], data_flags: Sequence[str] = ()) -> None:
