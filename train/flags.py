@@ -16,6 +16,9 @@ from mammo_tf import config as config_lib
 from mammo_tf.io import workdir_names as names
 
 FLAGS = flags.FLAGS
+# The DEFINEs below run on behalf of the main that calls `define_common`: their flags are that
+# main's key flags, so its ``--help`` lists them.
+flags.disclaim_key_flags()
 
 
 def define_common() -> None:
