@@ -16,8 +16,11 @@ Graph::
         "meta"    light per-row result (status/reason, domain, split, label, hashed ids, key)
         "example" (shard relpath, (image hash, key, serialized tf.train.Example))
         "hist"    (image hash, breast-pixel histogram) of training images only
-    example | GroupByKey | ParDo(WriteShardFn)  one shard per key, sorted, atomic
-    meta    | ToList                           -> the c.d.f. sample (`stratified_sample`)
+    meta    | ToList | resolve_duplicates      later copies of one image (SOPInstanceUID, else
+                                               pixels) become rejections, as in the local job
+            -> the c.d.f. sample (`stratified_sample`)
+    example | Filter(not a duplicate) | GroupByKey | Map(write_one_shard)
+                                               one shard per key, sorted, atomic
     hist    | Filter(in sample) | ToList       -> only the sampled histograms leave the workers
     Create([None]) | Map(finalize, side inputs) empty shards of non-empty groups, stale shards
                                                removed, cdf_<domain>.npz, errors.csv,
@@ -38,6 +41,7 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from absl import logging
 
 from mammo_tf import config as config_lib
 from mammo_tf.data import convert
@@ -73,13 +77,44 @@ def convert_row(row: manifest_lib.ManifestRow, split: str, key: str,
   positive = record["label"] in config_lib.POSITIVE_LABELS
   meta = {"status": "ok", "domain": record["domain"], "split": split, "label": record["label"],
           "patient": record["patient"], "exam": record["exam"], "image": record["image_id"],
-          "key": key, "line": row.line}
+          "key": key, "line": row.line, "where": row.given_path, "image_id": row.image_id,
+          "content": convert.content_key(row.path, record, salt)}
   relpath = _shard_relpath(record["domain"], split, positive, record["image_id"],
                            cfg.data.num_shards)
   hist = None
   if split == "train":
     hist = (record["image_id"], convert.breast_histogram(record))
   return meta, (relpath, (record["image_id"], key, serialized)), hist
+
+
+def resolve_duplicates(metas: Sequence[dict]) -> list[dict]:
+  """Metas in manifest order with later copies of one image turned into rejections.
+
+  The same rule and reason text as the local job (`convert.sort_results`): the first line with
+  a SOPInstanceUID (else stored pixels) is kept, each later one becomes "duplicate of line N
+  (the same SOPInstanceUID | the same pixels)"; its example must not be written.
+  """
+  out, first_of = [], {}
+  for m in sorted(metas, key=lambda m: m["line"]):
+    content = m.get("content") if m["status"] == "ok" else None
+    if content and content in first_of:
+      first = first_of[content]
+      what = "the same SOPInstanceUID" if content.startswith("uid:") else "the same pixels"
+      if first["patient"] != m["patient"]:
+        logging.warning("manifest lines %d and %d hold %s under two different patient ids: the "
+                        "ids may belong to one person", first["line"], m["line"], what)
+      m = {"status": "error", "reason": f"duplicate of line {first['line']} ({what})",
+           "line": m["line"], "where": m["where"], "image_id": m["image_id"], "key": m["key"],
+           "duplicate": True}
+    elif content:
+      first_of[content] = m
+    out.append(m)
+  return out
+
+
+def duplicate_keys(metas: Sequence[dict]) -> frozenset:
+  """Cache keys of the rows `resolve_duplicates` rejected (their examples are dropped)."""
+  return frozenset(m["key"] for m in metas if m.get("duplicate"))
 
 
 def write_one_shard(out_dir: str, relpath: str, items: Iterable[tuple[str, str, bytes]]) -> str:
@@ -172,11 +207,16 @@ def build_pipeline(pipeline, tasks: Sequence[tuple], out_dir: str,
              | "Rows" >> beam.Create(list(tasks))
              | "Spread" >> beam.Reshuffle()
              | "Convert" >> beam.ParDo(ConvertFn()).with_outputs(META, EXAMPLE, HIST))
+  metas = (results[META]
+           | "Metas" >> beam.combiners.ToList()
+           | "Duplicates" >> beam.Map(resolve_duplicates))
+  dropped = metas | "DuplicateKeys" >> beam.Map(duplicate_keys)
   written = (results[EXAMPLE]
+             | "NotDuplicate" >> beam.Filter(lambda ex, d: ex[1][1] not in d,
+                                             d=beam.pvalue.AsSingleton(dropped))
              | "ByShard" >> beam.GroupByKey()
              | "WriteShard" >> beam.MapTuple(
                  lambda rel, items: write_one_shard(out_dir, rel, items)))
-  metas = results[META] | "Metas" >> beam.combiners.ToList()
   chosen = metas | "Sample" >> beam.Map(sampled_images, cfg, seed)
   hists = (results[HIST]
            | "InSample" >> beam.Filter(lambda h, c: h[0] in c, c=beam.pvalue.AsSingleton(chosen))

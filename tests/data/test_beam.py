@@ -7,9 +7,11 @@ once with ``--runner beam -- <pipeline options>`` to check the wiring of the pas
 """
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
+import pydicom
 import pytest
 
 pytest.importorskip("apache_beam")
@@ -106,3 +108,39 @@ def test_cli_runner_beam_passes_pipeline_options(runs):
        "--preset", "tiny", "--", "--runner=DirectRunner"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert p.returncode != 0 and "need --runner beam" in p.stderr
+
+
+def test_beam_rejects_copies_of_one_image_as_the_local_job_does(tmp_path):
+  from tests import dicom_factory as fac
+  from tests.data import test_hostile as th
+  fac.write_ffdm(tmp_path / "a.dcm", fac.half_ellipse_breast(6, (96, 80)))
+  fac.write_ffdm(tmp_path / "b.dcm", fac.half_ellipse_breast(7, (96, 80)))
+  shutil.copy(tmp_path / "a.dcm", tmp_path / "copy.dcm")       # same SOPInstanceUID
+  for name in ("n1.dcm", "n2.dcm"):                              # no UID, same pixels
+    fac.write_ffdm(tmp_path / name, fac.half_ellipse_breast(8, (96, 80)))
+    ds = pydicom.dcmread(tmp_path / name)
+    del ds.SOPInstanceUID
+    ds.save_as(tmp_path / name)
+  manifest = th._manifest(tmp_path / "m.csv", [
+      "P1,E1,I1,ffdm,a.dcm,normal",       # line 2
+      "P4,E4,I5,ffdm,copy.dcm,normal",    # 3: duplicate of line 2 (the same SOPInstanceUID)
+      "P1,E1,I6,ffdm,b.dcm,benign",       # 4
+      "P5,E5,I7,ffdm,n1.dcm,normal",      # 5
+      "P6,E6,I8,ffdm,n2.dcm,normal",      # 6: duplicate of line 5 (the same pixels)
+      "P5,E5,I9,ffdm,n2.dcm,normal"])     # 7: duplicate of line 6 (the same file)
+  outs = {}
+  for runner in ("local", "beam"):
+    out = str(tmp_path / runner)
+    if runner == "local":
+      convert.run_conversion(manifest, out, th._cfg(), seed=0, workers=1, salt=th.SALT)
+    else:
+      beam_pipeline.run_beam_conversion(manifest, out, th._cfg(), seed=0, salt=th.SALT,
+                                        pipeline_args=["--runner=DirectRunner"])
+    outs[runner] = out
+  reasons = {int(e["line"]): e["reason"] for e in th._errors(outs["beam"])}
+  assert reasons == {3: "duplicate of line 2 (the same SOPInstanceUID)",
+                     6: "duplicate of line 5 (the same pixels)",
+                     7: "duplicate of line 6 (the same file)"}
+  assert _outputs(outs["beam"]) == _outputs(outs["local"])
+  ffdm = os.path.join(outs["beam"], "ffdm")
+  assert sum(len(list(writer.iter_shard(os.path.join(ffdm, n)))) for n in os.listdir(ffdm)) == 3
