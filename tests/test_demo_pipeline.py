@@ -89,12 +89,13 @@ def test_demo_survives_a_crash_and_ctrl_c_and_prints_the_same_table(tmp_path):
   stamp = os.stat(dicom).st_mtime_ns
 
   # 2. Rerun, and Ctrl-C (SIGINT to the whole process group) once fine-tuning runs again.
+  # At once: a fine-tune that resumes a nearly finished run can end (and the demo with it) in
+  # a few seconds, and then there is nothing left to interrupt.
   proc = _make(hurt, start_new_session=True)
   _training_pid("finetune", os.path.join(study, "finetune"), time.monotonic() + 600)
-  time.sleep(3)
   os.killpg(proc.pid, signal.SIGINT)
   code, out = _finish(proc)
-  assert code != 0
+  assert code != 0, out[-3000:]
   assert not os.path.exists(os.path.join(study, "finetune", "done.json"))
 
   # 3. The same command finishes the study: cohort reused, conversion from its cache.
