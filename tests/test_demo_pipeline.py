@@ -29,8 +29,15 @@ def _make(demo_dir, **popen):
   cmd = ["make", "--no-print-directory", "demo", "PRESET=tiny", f"DEMO={demo_dir}"]
   cmd += [f"--old-file={os.path.join('.venv', n)}" for n in stamp]  # installed already: no pip
   env = dict(train_runs.env(), PYTHONPATH="")
+  # Ctrl-C must reach make and its children even when this suite runs as a background job
+  # (`pytest ... &` in a script): the shell starts those with SIGINT ignored, and an ignored
+  # signal stays ignored through fork and exec (make and Python then never see it).
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, **popen)
+                          stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint, **popen)
+
+
+def _default_sigint():
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(proc, timeout=1500):
@@ -89,10 +96,9 @@ def test_demo_survives_a_crash_and_ctrl_c_and_prints_the_same_table(tmp_path):
   stamp = os.stat(dicom).st_mtime_ns
 
   # 2. Rerun, and Ctrl-C (SIGINT to the whole process group) once fine-tuning runs again.
-  # At once: a fine-tune that resumes a nearly finished run can end (and the demo with it) in
-  # a few seconds, and then there is nothing left to interrupt.
   proc = _make(hurt, start_new_session=True)
   _training_pid("finetune", os.path.join(study, "finetune"), time.monotonic() + 600)
+  time.sleep(3)
   os.killpg(proc.pid, signal.SIGINT)
   code, out = _finish(proc)
   assert code != 0, out[-3000:]
