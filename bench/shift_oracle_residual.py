@@ -44,8 +44,8 @@ def main() -> None:
   t0 = time.perf_counter()
   lut = cdf.lut_from_files(schema.cdf_path(level_dir, "ffdm"),
                            schema.cdf_path(os.path.join(args.workdir, "data"), "ffdm"))
-  table = hm_residual.intensity_residual(level_dir, ref_dir, lut)
   level, reference = (hm_residual.read_split(d, "ffdm", "test") for d in (level_dir, ref_dir))
+  table = hm_residual.residual(level, reference, lut)
   oracle = []
   for image_id in sorted(set(level) & set(reference)):
     x, _ = level[image_id]

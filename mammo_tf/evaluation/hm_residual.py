@@ -21,18 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from mammo_tf.data import masks
 from mammo_tf.data import schema
 from mammo_tf.data import writer
 
-
-def breast_pixels(mask: np.ndarray, mask_downsample: int, image_hw: tuple[int, int]) -> np.ndarray:
-  """The stored-resolution breast mask (bool [H, W]) of a record's coarse mask."""
-  md = int(mask_downsample)
-  full = np.repeat(np.repeat(np.asarray(mask) > 0, md, axis=0), md, axis=1)
-  h, w = image_hw
-  out = np.zeros((h, w), bool)
-  out[:min(h, full.shape[0]), :min(w, full.shape[1])] = full[:h, :w]
-  return out
+Images = dict  # {image_id: (image uint16 [H, W], breast mask bool [H, W])}, see `read_split`
 
 
 def read_split(data_dir: str, domain: str, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -42,23 +35,29 @@ def read_split(data_dir: str, domain: str, split: str) -> dict[str, tuple[np.nda
     for serialized in writer.iter_shard(path):
       rec = schema.decode_example_numpy(serialized)
       image = rec["image"]
-      out[rec["image_id"]] = (image, breast_pixels(rec["mask"], rec["mask_downsample"],
-                                                   image.shape))
+      out[rec["image_id"]] = (image, masks.upsample_mask(rec["mask"], rec["mask_downsample"],
+                                                         image.shape))
   return out
 
 
 def intensity_residual(level_dir: str, reference_dir: str, lut: np.ndarray, *,
                        domain: str = "ffdm", split: str = "test") -> dict[str, Any]:
+  """`residual` of two converter output folders' ``domain``/``split`` images."""
+  return residual(read_split(level_dir, domain, split), read_split(reference_dir, domain, split),
+                  lut, what=f"{level_dir} and {reference_dir}", domain=domain, split=split)
+
+
+def residual(level: Images, reference: Images, lut: np.ndarray, *, what: str = "the levels",
+             domain: str = "ffdm", split: str = "test") -> dict[str, Any]:
   """Mean per-image |difference| to level 0, before and after HM, over the images both hold.
 
-  Returns ``{"before": float, "after": float, "images": int}``. Raises ValueError when the two
-  data dirs share no image of that split (not renderings of the same patients).
+  `level` and `reference` come from `read_split` (read level 0 once for every level). Returns
+  ``{"before": float, "after": float, "images": int}``. Raises ValueError when the two share no
+  image (not renderings of the same patients).
   """
-  level = read_split(level_dir, domain, split)
-  reference = read_split(reference_dir, domain, split)
   common = sorted(set(level) & set(reference))
   if not common:
-    raise ValueError(f"{level_dir} and {reference_dir} share no {domain}/{split} image")
+    raise ValueError(f"{what} share no {domain}/{split} image")
   table = np.asarray(lut, np.float64)
   before, after = [], []
   for image_id in common:
@@ -73,5 +72,5 @@ def intensity_residual(level_dir: str, reference_dir: str, lut: np.ndarray, *,
     before.append(float(np.mean(np.abs(xj - ref))))
     after.append(float(np.mean(np.abs(table[xj] - ref))))
   if not before:
-    raise ValueError(f"{reference_dir}: no breast pixels in the {domain}/{split} images")
+    raise ValueError(f"{what}: no breast pixels in the {domain}/{split} images")
   return {"before": float(np.mean(before)), "after": float(np.mean(after)), "images": len(before)}

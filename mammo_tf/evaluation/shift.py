@@ -96,11 +96,6 @@ class Layout:
     return self.path(names.EVAL_DIR, f"level{j}.json")
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
 def _step_done(directory: str) -> bool:
   return os.path.exists(os.path.join(directory, names.DONE_FILE))
 
@@ -115,7 +110,7 @@ def check_config(cfg: config_lib.ExperimentConfig, factors: Sequence[float], lay
   current = {"config": json.loads(config_lib.to_json(cfg)), "factors": [float(f) for f in factors]}
   path = layout.path(names.SHIFT_CONFIG_FILE)
   if os.path.exists(path):
-    if _read_json(path) != current:
+    if run_records.read_json(path) != current:
       raise ValueError(f"{layout.root} holds a shift study with another config or other levels; "
                        "use a new --workdir, or the same preset, overrides and levels")
     return
@@ -202,7 +197,7 @@ def evaluate_level(cfg: config_lib.ExperimentConfig, layout: Layout, j: int, fac
          "seeds": seeds}
   path = layout.eval_cache(j)
   if os.path.exists(path):
-    cached = _read_json(path)
+    cached = run_records.read_json(path)
     if cached.get("cache_key") == key:
       return cached
   data = layout.level(j, "data")
@@ -215,18 +210,22 @@ def evaluate_level(cfg: config_lib.ExperimentConfig, layout: Layout, j: int, fac
                                          bootstrap_seed=cfg.seed)
     out[method] = {k: result[k] for k in ("aucs", "mean", "std", "ci", "n_images", "n_patients",
                                           "n_positive", "n_negative", "note")}
-  files.atomic_write_json(path, run_records.json_safe(out), indent=1, allow_nan=False)
-  return _read_json(path)
+  run_records.write_json_atomic(path, out)
+  return run_records.read_json(path)
 
 
-def level_residual(layout: Layout, j: int) -> dict[str, Any]:
-  """Model-free: mean per-image |level j - level 0| on the test images, before and after HM."""
+def level_residual(layout: Layout, j: int, reference: Mapping[str, Any]) -> dict[str, Any]:
+  """Model-free: mean per-image |level j - level 0| on the test images, before and after HM.
+
+  `reference` is level 0's test images (`hm_residual.read_split`), read once for all levels.
+  """
   from mammo_tf.data import cdf
   from mammo_tf.data import schema
   from mammo_tf.evaluation import hm_residual
   data = layout.level(j, "data")
   lut = cdf.lut_from_files(schema.cdf_path(data, "ffdm"), schema.cdf_path(layout.data, "ffdm"))
-  return hm_residual.intensity_residual(data, layout.level(0, "data"), lut)
+  return hm_residual.residual(hm_residual.read_split(data, "ffdm", "test"), dict(reference), lut,
+                             what=f"{data} and level 0")
 
 
 def summarize_levels(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -337,8 +336,11 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
     level_manifest = ensure_cohort(cfg, layout.level(j, "cohort"), workers=workers,
                                    patients=indices, factor=factor, splits=level_splits)
     ensure_data(cfg, level_manifest, layout.level(j, "data"), workers=workers)
+    if j == 0:
+      from mammo_tf.evaluation import hm_residual
+      loaded["level0"] = hm_residual.read_split(layout.level(0, "data"), "ffdm", "test")
     lv = dict(evaluate_level(cfg, layout, j, factor, predictor, stamp),
-              residual=level_residual(layout, j))
+              residual=level_residual(layout, j, loaded["level0"]))
     logging.info("level %d (factor %g, distance %.3f): test only %s, HM %s; per-image "
                  "residual %.1f -> %.1f grey levels", j, factor, lv["distance"],
                  lv["test_only"]["mean"], lv["hm"]["mean"], lv["residual"]["before"],
@@ -362,10 +364,9 @@ def run_shift_study(cfg: config_lib.ExperimentConfig, workdir: str, *,
                 residual="mean over the test images of the mean |level j - level 0| over "
                          "breast pixels (grey levels 0..4095), as read (residual_test_only) "
                          "and after HM (residual_hm); no model involved")
-  files.atomic_write_json(layout.path(names.SHIFT_JSON), run_records.json_safe(result), indent=1,
-                          allow_nan=False)
+  run_records.write_json_atomic(layout.path(names.SHIFT_JSON), result)
   study_figures.shift_figure(result, layout.path(names.SHIFT_FIGURE))
-  return _read_json(layout.path(names.SHIFT_JSON))
+  return run_records.read_json(layout.path(names.SHIFT_JSON))
 
 
 def attach_to_study(shift_workdir: str, study_workdir: str) -> tuple[str, str]:
@@ -384,8 +385,8 @@ def attach_to_study(shift_workdir: str, study_workdir: str) -> tuple[str, str]:
                        f.read())
   with open(os.path.join(shift_workdir, names.SHIFT_JSON), "rb") as f:
     files.atomic_write(os.path.join(study_workdir, names.SHIFT_JSON), f.read())
-  results = _read_json(results_path)
+  results = run_records.read_json(results_path)
   summary_path = os.path.join(results.get("data_dir") or "", names.SUMMARY_FILE)
-  summary = _read_json(summary_path) if results.get("data_dir") and os.path.exists(
+  summary = run_records.read_json(summary_path) if results.get("data_dir") and os.path.exists(
       summary_path) else None
   return report.write_report(study_workdir, results, summary)

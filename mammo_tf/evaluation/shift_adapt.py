@@ -122,14 +122,11 @@ def write_subset_manifest(out: str, train_manifest: str, level_manifest: str,
 def evaluate_adapted(cfg: config_lib.ExperimentConfig, run_dir: str, test_data: str,
                      cache_path: str, key: Mapping[str, Any]) -> dict[str, Any]:
   """AUCs of one adapted model on the level's test patients (cached on the model and seeds)."""
-  import json
-
   from mammo_tf.evaluation import evaluate as evaluate_lib
   full_key = dict(key, version=CACHE_VERSION, model_stamp=run_records.model_stamp(run_dir),
                   seeds=[int(s) for s in cfg.data.eval_seeds])
   if os.path.exists(cache_path):
-    with open(cache_path) as f:
-      cached = json.load(f)
+    cached = run_records.read_json(cache_path)
     if cached.get("cache_key") == full_key:
       return cached
   predictor = evaluate_lib.load_predictor(os.path.join(run_dir, names.MODEL_FILE))
@@ -138,9 +135,8 @@ def evaluate_adapted(cfg: config_lib.ExperimentConfig, run_dir: str, test_data: 
                                        bootstrap_seed=cfg.seed)
   out = {"cache_key": full_key,
          **{k: result[k] for k in ("aucs", "mean", "std", "ci", "n_images", "note")}}
-  files.atomic_write_json(cache_path, run_records.json_safe(out), indent=1, allow_nan=False)
-  with open(cache_path) as f:
-    return json.load(f)
+  run_records.write_json_atomic(cache_path, out)
+  return run_records.read_json(cache_path)
 
 
 def default_trainers() -> dict[str, Trainer]:

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from mammo_tf.data import cdf
+from mammo_tf.data import masks
 from mammo_tf.data import schema
 from mammo_tf.evaluation import hm_residual
 from mammo_tf.evaluation import shift
@@ -49,7 +50,7 @@ def _breast(values: tuple[int, int], outside: int = 0) -> np.ndarray:
 
 def test_breast_pixels_repeat_the_coarse_mask_and_crop_it_to_the_image():
   mask = np.array([[1, 0], [0, 1]], np.uint8)
-  full = hm_residual.breast_pixels(mask, 2, (3, 4))
+  full = masks.upsample_mask(mask, 2, (3, 4))
   np.testing.assert_array_equal(full, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]])
 
 
