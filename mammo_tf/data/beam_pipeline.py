@@ -99,7 +99,7 @@ def resolve_duplicates(metas: Sequence[dict]) -> list[dict]:
     content = m.get("content") if m["status"] == "ok" else None
     if content and content in first_of:
       first = first_of[content]
-      what = "the same SOPInstanceUID" if content.startswith("uid:") else "the same pixels"
+      what = convert.duplicate_what(content)
       if first["patient"] != m["patient"]:
         logging.warning("manifest lines %d and %d hold %s under two different patient ids: the "
                         "ids may belong to one person", first["line"], m["line"], what)

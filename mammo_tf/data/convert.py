@@ -467,6 +467,11 @@ def content_key(path: str, record: dict[str, Any], salt: bytes) -> str:
   return "px:" + h.hexdigest()[:32]
 
 
+def duplicate_what(content: str) -> str:
+  """How two rows of one `content_key` are the same image, for "duplicate of line N (...)"."""
+  return "the same SOPInstanceUID" if content.startswith("uid:") else "the same pixels"
+
+
 def _convert_task(task: tuple) -> tuple[str, dict]:
   """Worker body: convert one row and cache the result. Returns (key, meta).
 
@@ -804,8 +809,7 @@ def sort_results(keyed: list, metas: dict, earlier_errors: Sequence[manifest_lib
       continue
     content = meta.get("content")
     if content and content in first_of:
-      what = "the same SOPInstanceUID" if content.startswith("uid:") else "the same pixels"
-      errors.append(_duplicate(row, first_of[content], what))
+      errors.append(_duplicate(row, first_of[content], duplicate_what(content)))
       continue
     if content:
       first_of[content] = row
